@@ -1,0 +1,691 @@
+"""Latency and pipelined throughput: wsclient's transport against websockets.
+
+Starts ``echo_server.py`` as a subprocess on 127.0.0.1 (pinned to CPU 0 with
+``taskset`` when it exists), pins this process to CPU 1 when it can, then for
+each repetition runs every client once, each in a fresh event loop:
+
+* latency: N sequential round trips (send one message, await its echo) after a
+  warm-up; p50 and p99 in microseconds;
+* pipelined throughput: on the same connection, a sender task sends M messages
+  while a receiver task receives the M echoes; msgs/s = M / elapsed.
+
+Every message is the same 100-byte JSON text made with ``orjson`` and sent as
+``str``. Prints a Markdown table of medians over repetitions, with ratios to the
+``websockets`` asyncio client; ``--json PATH`` writes the raw samples too.
+
+Run by hand, never by the test suite::
+
+    python benchmarks/transport_bench.py --quick
+    python benchmarks/transport_bench.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import json
+import math
+import os
+import platform
+import random
+import selectors
+import shutil
+import signal
+import statistics
+import string
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+HOST = "127.0.0.1"
+SERVER_SCRIPT = Path(__file__).with_name("echo_server.py")
+SERVER_CPU = 0
+CLIENT_CPU = 1
+SERVER_START_TIMEOUT = 15.0
+
+Send = Callable[[str], Awaitable[None]]
+Recv = Callable[[], Awaitable[Any]]
+Task = Callable[[], Coroutine[Any, Any, None]]
+Concurrently = Callable[[Task, Task], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Config:
+    url: str
+    payload: str
+    compression: str | None
+    warmup: int
+    roundtrips: int
+    messages: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One client, one repetition."""
+
+    client: str
+    loop: str
+    compression: str | None
+    rep: int
+    p50_us: float | None = None
+    p99_us: float | None = None
+    mean_us: float | None = None
+    msgs_per_s: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    loop: str
+    run: Callable[[Config], tuple[list[int], float]]
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.loop}"
+
+
+# Measurements shared by every client: only send/recv and "run two tasks" differ.
+
+
+def make_payload(size: int) -> str:
+    """A JSON object of exactly ``size`` bytes, padded with seeded random letters.
+
+    Random letters rather than one repeated character, so that the compressed
+    row isn't flattered by a payload that deflates to nothing.
+    """
+    template = {"type": "bench", "seq": 123456, "ts": 1700000000.123, "pad": ""}
+    pad = size - len(orjson.dumps(template))
+    if pad < 0:
+        raise ValueError(f"--size must be at least {size - pad}")
+    rng = random.Random(size)
+    template["pad"] = "".join(rng.choices(string.ascii_letters, k=pad))
+    payload = orjson.dumps(template).decode()
+    assert len(payload.encode()) == size
+    return payload
+
+
+async def measure_latency(send: Send, recv: Recv, cfg: Config) -> list[int]:
+    """Sequential round trips; returns nanoseconds per round trip."""
+    payload = cfg.payload
+    echo = None
+    for _ in range(cfg.warmup):
+        await send(payload)
+        echo = await recv()
+    if cfg.warmup and echo != payload:
+        raise RuntimeError(f"echo mismatch: sent {payload!r}, got {echo!r}")
+    clock = time.perf_counter_ns
+    samples = [0] * cfg.roundtrips
+    for i in range(cfg.roundtrips):
+        start = clock()
+        await send(payload)
+        await recv()
+        samples[i] = clock() - start
+    return samples
+
+
+async def measure_pipelined(
+    send: Send, recv: Recv, concurrently: Concurrently, cfg: Config
+) -> float:
+    """One sender and one receiver on one connection; returns seconds for M echoes."""
+    payload = cfg.payload
+    count = cfg.messages
+    last: list[Any] = [None]
+
+    async def sender() -> None:
+        for _ in range(count):
+            await send(payload)
+
+    async def receiver() -> None:
+        message = None
+        for _ in range(count):
+            message = await recv()
+        last[0] = message
+
+    start = time.perf_counter()
+    await concurrently(sender, receiver)
+    elapsed = time.perf_counter() - start
+    if last[0] != payload:
+        raise RuntimeError(f"echo mismatch: sent {payload!r}, got {last[0]!r}")
+    return elapsed
+
+
+# websockets' own clients: the reference.
+
+
+async def asyncio_gather(a: Task, b: Task) -> None:
+    await asyncio.gather(a(), b())
+
+
+async def websockets_asyncio_session(cfg: Config) -> tuple[list[int], float]:
+    from websockets.asyncio.client import connect
+
+    async with connect(cfg.url, compression=cfg.compression) as ws:
+        latencies = await measure_latency(ws.send, ws.recv, cfg)
+        elapsed = await measure_pipelined(ws.send, ws.recv, asyncio_gather, cfg)
+    return latencies, elapsed
+
+
+def run_websockets_asyncio(cfg: Config) -> tuple[list[int], float]:
+    return asyncio.run(asyncio.wait_for(websockets_asyncio_session(cfg), cfg.timeout))
+
+
+def run_websockets_uvloop(cfg: Config) -> tuple[list[int], float]:
+    import uvloop
+
+    return uvloop.run(asyncio.wait_for(websockets_asyncio_session(cfg), cfg.timeout))
+
+
+def run_websockets_trio(cfg: Config) -> tuple[list[int], float]:
+    import trio
+    from websockets.trio.client import connect
+
+    async def both(a: Task, b: Task) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a)
+            nursery.start_soon(b)
+
+    async def session() -> tuple[list[int], float]:
+        with trio.fail_after(cfg.timeout):
+            async with connect(cfg.url, compression=cfg.compression) as ws:
+                latencies = await measure_latency(ws.send, ws.recv, cfg)
+                elapsed = await measure_pipelined(ws.send, ws.recv, both, cfg)
+        return latencies, elapsed
+
+    return trio.run(session)
+
+
+# The floor: what the server and the kernel cost, with next to no client.
+
+
+def run_raw_socket(cfg: Config) -> tuple[list[int], float]:
+    """Blocking socket, precomputed masked frame, echo counted in bytes, not parsed.
+
+    What a client can't go below on this machine: p50 minus this row is the
+    client's own cost per round trip.
+    """
+    import socket
+    import threading
+
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.http11 import Response
+    from websockets.uri import parse_uri
+
+    if cfg.compression is not None:
+        raise ValueError("the raw-socket floor runs without compression only")
+    data = cfg.payload.encode()
+    frame = Frame(Opcode.TEXT, data).serialize(mask=True, extensions=[])
+    echo_size = len(Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[]))
+    uri = parse_uri(cfg.url)
+    protocol = ClientProtocol(uri)
+    with socket.create_connection((uri.host, uri.port), timeout=cfg.timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        protocol.send_request(protocol.connect())
+        sock.sendall(b"".join(protocol.data_to_send()))
+        while not any(isinstance(e, Response) for e in protocol.events_received()):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed during the handshake")
+            protocol.receive_data(chunk)
+        if protocol.handshake_exc is not None:
+            raise protocol.handshake_exc
+
+        def roundtrip() -> None:
+            sock.sendall(frame)
+            received = 0
+            while received < echo_size:
+                received += len(sock.recv(65536))
+
+        for _ in range(cfg.warmup):
+            roundtrip()
+        clock = time.perf_counter_ns
+        latencies = [0] * cfg.roundtrips
+        for i in range(cfg.roundtrips):
+            start = clock()
+            roundtrip()
+            latencies[i] = clock() - start
+
+        def sender() -> None:
+            for _ in range(cfg.messages):
+                sock.sendall(frame)
+
+        expected = echo_size * cfg.messages
+        received = 0
+        start_s = time.perf_counter()
+        thread = threading.Thread(target=sender)
+        thread.start()
+        try:
+            while received < expected:
+                chunk = sock.recv(262144)
+                if not chunk:
+                    raise ConnectionError("connection closed while pipelining")
+                received += len(chunk)
+        finally:
+            thread.join()
+        elapsed = time.perf_counter() - start_s
+    return latencies, elapsed
+
+
+# wsclient's transport, through anyio on every backend.
+
+
+async def anyio_task_group(a: Task, b: Task) -> None:
+    import anyio
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a)
+        tg.start_soon(b)
+
+
+async def wsclient_session(cfg: Config) -> tuple[list[int], float]:
+    import anyio
+
+    from wsclient import connect_transport
+
+    with anyio.fail_after(cfg.timeout):
+        transport = await connect_transport(cfg.url, compression=cfg.compression)
+        try:
+            latencies = await measure_latency(transport.send, transport.receive, cfg)
+            elapsed = await measure_pipelined(
+                transport.send, transport.receive, anyio_task_group, cfg
+            )
+        finally:
+            await transport.aclose()
+    return latencies, elapsed
+
+
+def wsclient_runner(
+    backend: str, options: dict[str, Any] | None = None
+) -> Callable[[Config], tuple[list[int], float]]:
+    def run(cfg: Config) -> tuple[list[int], float]:
+        import anyio
+
+        return anyio.run(wsclient_session, cfg, backend=backend, backend_options=options)
+
+    return run
+
+
+def available_clients() -> tuple[list[Client], list[str]]:
+    """Every client this environment can run, and why the others can't."""
+    clients = [
+        Client("raw-socket", "blocking", run_raw_socket),
+        Client("websockets", "asyncio", run_websockets_asyncio),
+    ]
+    notes = []
+    has_uvloop = importable("uvloop")
+    has_trio = importable("trio")
+    has_wsclient = importable("wsclient") and wsclient_has_transport()
+    if has_uvloop:
+        clients.append(Client("websockets", "uvloop", run_websockets_uvloop))
+    if has_trio and importable("websockets.trio.client"):
+        clients.append(Client("websockets", "trio", run_websockets_trio))
+    if has_wsclient:
+        clients.append(Client("wsclient", "asyncio", wsclient_runner("asyncio")))
+        if has_uvloop:
+            clients.append(
+                Client("wsclient", "uvloop", wsclient_runner("asyncio", {"use_uvloop": True}))
+            )
+        if has_trio:
+            clients.append(Client("wsclient", "trio", wsclient_runner("trio")))
+    else:
+        notes.append("wsclient.connect_transport is not importable: wsclient rows skipped")
+    if not has_uvloop:
+        notes.append("uvloop is not installed: uvloop rows skipped")
+    if not has_trio:
+        notes.append("trio is not installed: trio rows skipped")
+    return clients, notes
+
+
+def importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def wsclient_has_transport() -> bool:
+    try:
+        from wsclient import connect_transport  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# Processes and CPUs.
+
+
+def pin_client(enabled: bool) -> str:
+    if not enabled:
+        return "client not pinned (--no-pin)"
+    if not hasattr(os, "sched_setaffinity"):
+        return "client not pinned (no os.sched_setaffinity on this platform)"
+    allowed = os.sched_getaffinity(0)
+    if CLIENT_CPU not in allowed or SERVER_CPU not in allowed:
+        return f"client not pinned (allowed CPUs: {sorted(allowed)})"
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    return f"client pinned to CPU {CLIENT_CPU} (os.sched_setaffinity)"
+
+
+def server_command(compression: bool, pin: bool) -> tuple[list[str], str]:
+    command = [sys.executable, str(SERVER_SCRIPT), "--port", "0"]
+    if compression:
+        command.append("--compression")
+    taskset = shutil.which("taskset")
+    if not pin:
+        return command, "server not pinned (--no-pin)"
+    if taskset is None:
+        return command, "server not pinned (taskset not found)"
+    return [
+        taskset,
+        "-c",
+        str(SERVER_CPU),
+        *command,
+    ], f"server pinned to CPU {SERVER_CPU} (taskset)"
+
+
+def die_with_parent() -> None:
+    """In the server's child process: get SIGTERM if this runner dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # Not Linux: the try/finally in main() still stops the server.
+
+
+def read_port(process: subprocess.Popen[bytes]) -> int:
+    """The port from the server's first line, ``PORT <n>``."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(SERVER_START_TIMEOUT):
+            raise RuntimeError(f"echo server printed no port in {SERVER_START_TIMEOUT} s")
+    line = process.stdout.readline().decode().strip()
+    keyword, _, port = line.partition(" ")
+    if keyword != "PORT" or not port.isdigit():
+        raise RuntimeError(f"echo server did not start: first line {line!r}")
+    return int(port)
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+# Statistics and report.
+
+
+def percentile(ordered: Sequence[int], q: float) -> int:
+    """Nearest-rank percentile of already sorted data."""
+    index = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
+    return ordered[index]
+
+
+def run_one(client: Client, cfg: Config, rep: int) -> Sample:
+    gc.collect()
+    try:
+        latencies, elapsed = client.run(cfg)
+    except Exception as exc:
+        traceback.print_exc()
+        return Sample(client.name, client.loop, cfg.compression, rep, error=repr(exc))
+    latencies.sort()
+    return Sample(
+        client.name,
+        client.loop,
+        cfg.compression,
+        rep,
+        p50_us=percentile(latencies, 0.50) / 1000,
+        p99_us=percentile(latencies, 0.99) / 1000,
+        mean_us=statistics.fmean(latencies) / 1000,
+        msgs_per_s=cfg.messages / elapsed,
+    )
+
+
+def summarize(samples: list[Sample]) -> list[dict[str, Any]]:
+    """Medians per (client, loop, compression), with ratios to websockets on asyncio."""
+    groups: dict[tuple[str, str, str | None], list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault((sample.client, sample.loop, sample.compression), []).append(sample)
+    rows = []
+    for (name, loop, compression), group in groups.items():
+        ok = [s for s in group if s.error is None]
+        row: dict[str, Any] = {
+            "client": name,
+            "loop": loop,
+            "compression": compression,
+            "reps": len(ok),
+            "errors": len(group) - len(ok),
+        }
+        if ok:
+            for field in ("p50_us", "p99_us", "mean_us", "msgs_per_s"):
+                values = [getattr(s, field) for s in ok]
+                row[field] = statistics.median(values)
+                row[f"{field}_spread"] = (max(values) - min(values)) / row[field]
+        rows.append(row)
+    for row in rows:
+        reference = next(
+            (
+                r
+                for r in rows
+                if r["client"] == "websockets"
+                and r["loop"] == "asyncio"
+                and r["compression"] == row["compression"]
+                and "p50_us" in r
+            ),
+            None,
+        )
+        if reference is not None and "p50_us" in row:
+            row["latency_ratio"] = row["p50_us"] / reference["p50_us"]
+            row["throughput_ratio"] = row["msgs_per_s"] / reference["msgs_per_s"]
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = (
+        "| client | loop | compression | p50 µs | p99 µs | latency ratio "
+        "| msgs/s | throughput ratio | reps |"
+    )
+    lines = [header, "|" + "---|" * 3 + "---:|" * 6]
+    for row in rows:
+        if "p50_us" not in row:
+            cells = ["failed"] * 5
+        else:
+            cells = [
+                f"{row['p50_us']:.1f}",
+                f"{row['p99_us']:.1f}",
+                f"{row['latency_ratio']:.2f}" if "latency_ratio" in row else "n/a",
+                f"{row['msgs_per_s']:,.0f}",
+                f"{row['throughput_ratio']:.2f}" if "throughput_ratio" in row else "n/a",
+            ]
+        reps = f"{row['reps']}" + (f" ({row['errors']} failed)" if row["errors"] else "")
+        compression = row["compression"] or "off"
+        lines.append(
+            f"| {row['client']} | {row['loop']} | {compression} | "
+            + " | ".join(cells)
+            + f" | {reps} |"
+        )
+    return "\n".join(lines)
+
+
+def version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(pinning: list[str]) -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "pinning": pinning,
+        "versions": {
+            name: version(name)
+            for name in ("wsclient", "websockets", "anyio", "trio", "uvloop", "orjson")
+        },
+    }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Round-trip latency and pipelined throughput of wsclient vs websockets."
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions (default 5)")
+    parser.add_argument(
+        "--roundtrips", type=int, default=20_000, help="timed round trips (default 20,000)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1_000, help="untimed round trips first (default 1,000)"
+    )
+    parser.add_argument(
+        "--messages", type=int, default=60_000, help="pipelined messages (default 60,000)"
+    )
+    parser.add_argument("--size", type=int, default=100, help="message size in bytes (default 100)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 2,000 round trips, 5,000 pipelined messages, repeat 2",
+    )
+    parser.add_argument(
+        "--compression",
+        action="store_true",
+        help="also run every client with permessage-deflate on (extra rows)",
+    )
+    parser.add_argument(
+        "--clients",
+        help="comma-separated subset, e.g. websockets-asyncio,wsclient-trio (default: all)",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="don't pin server and client to CPUs")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds allowed for one client run"
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write raw results to PATH")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.roundtrips, args.warmup, args.messages, args.repeat = 2_000, 200, 5_000, 2
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    payload = make_payload(args.size)
+    clients, notes = available_clients()
+    if args.clients:
+        wanted = {name.strip() for name in args.clients.split(",")}
+        unknown = wanted - {client.key for client in clients}
+        if unknown:
+            known = ", ".join(client.key for client in clients)
+            sys.exit(f"unknown or unavailable clients: {', '.join(sorted(unknown))} (have {known})")
+        clients = [client for client in clients if client.key in wanted]
+    compressions: list[str | None] = [None, "deflate"] if args.compression else [None]
+
+    command, server_pinning = server_command(args.compression, not args.no_pin)
+    client_pinning = pin_client(not args.no_pin)
+    for line in (server_pinning, client_pinning, *notes):
+        print(f"# {line}", file=sys.stderr)
+
+    # SIGTERM, like Ctrl-C, stops the run, reports what was measured and stops the server.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    samples: list[Sample] = []
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
+    )
+    try:
+        port = read_port(process)
+        url = f"ws://{HOST}:{port}/"
+        print(f"# echo server pid {process.pid} on {url}", file=sys.stderr)
+        for rep in range(1, args.repeat + 1):
+            for compression in compressions:
+                cfg = Config(
+                    url=url,
+                    payload=payload,
+                    compression=compression,
+                    warmup=args.warmup,
+                    roundtrips=args.roundtrips,
+                    messages=args.messages,
+                    timeout=args.timeout,
+                )
+                for client in clients:
+                    if client.name == "raw-socket" and compression is not None:
+                        continue
+                    sample = run_one(client, cfg, rep)
+                    samples.append(sample)
+                    print(f"# rep {rep}/{args.repeat} {progress(sample)}", file=sys.stderr)
+                    if process.poll() is not None:
+                        raise RuntimeError(f"echo server exited with {process.returncode}")
+    except KeyboardInterrupt:
+        print("# interrupted: reporting what was measured", file=sys.stderr)
+    finally:
+        stop_server(process)
+
+    rows = summarize(samples)
+    env = environment([server_pinning, client_pinning])
+    print(
+        f"{args.size}-byte JSON text messages; {args.roundtrips:,} round trips after "
+        f"{args.warmup:,} warm-up; {args.messages:,} pipelined messages; "
+        f"median over repetitions (--repeat {args.repeat}); Python {env['python']}, "
+        f"websockets {env['versions']['websockets']}, {server_pinning}, {client_pinning}.\n"
+    )
+    print(markdown_table(rows))
+    if args.json is not None:
+        document = {
+            "environment": env,
+            "config": {
+                "size": args.size,
+                "payload": payload,
+                "warmup": args.warmup,
+                "roundtrips": args.roundtrips,
+                "messages": args.messages,
+                "repeat": args.repeat,
+                "compression": compressions,
+            },
+            "summary": rows,
+            "samples": [dataclasses.asdict(sample) for sample in samples],
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"# raw results written to {args.json}", file=sys.stderr)
+    return 1 if any(sample.error for sample in samples) else 0
+
+
+def progress(sample: Sample) -> str:
+    name = f"{sample.client} {sample.loop} compression={sample.compression or 'off'}"
+    if sample.error is not None:
+        return f"{name}: FAILED {sample.error}"
+    return (
+        f"{name}: p50 {sample.p50_us:.1f} µs, p99 {sample.p99_us:.1f} µs, "
+        f"{sample.msgs_per_s:,.0f} msgs/s"
+    )
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

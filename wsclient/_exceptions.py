@@ -1,0 +1,128 @@
+"""The exceptions wsclient raises.
+
+Every error is a :class:`WSClientError`; foreign errors (``OSError``, ``ssl``,
+``websockets``, anyio) are translated once, at the transport boundary, and
+chained with ``raise ... from original`` so the cause stays visible::
+
+    WSClientError
+    ├── InvalidURL                    (also a ValueError)
+    ├── ConnectError                  refused, DNS, TLS, handshake rejected (.status)
+    │   └── ConnectTimeout            the opening handshake took too long
+    ├── ConnectionClosed              (.code, .reason, .rcvd, .sent)
+    │   ├── ConnectionClosedOK        both sides closed with 1000 or 1001
+    │   └── ConnectionClosedError     anything else: abrupt death, protocol error...
+    │       └── MessageTooBig         a message exceeded a size limit (close code 1009)
+    ├── ProtocolError                 the peer broke the WebSocket or message protocol
+    └── InvalidState                  the operation is not allowed in the current state
+
+Messages never contain secrets: URLs are shown without their password and
+query string, and headers are never shown.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "InvalidState",
+    "InvalidURL",
+    "MessageTooBig",
+    "ProtocolError",
+    "WSClientError",
+]
+
+# RFC 6455 7.4.1: codes that mean the connection ended as intended.
+OK_CLOSE_CODES = frozenset({1000, 1001})
+
+
+class WSClientError(Exception):
+    """Base class of every exception wsclient raises."""
+
+
+class InvalidURL(WSClientError, ValueError):
+    """The URL is not a valid ``ws://`` or ``wss://`` URL."""
+
+
+class ConnectError(WSClientError):
+    """Opening the connection failed: refused, DNS, TLS, or the handshake was rejected.
+
+    ``status`` is the HTTP status when the server answered the handshake with
+    something other than 101, else ``None``. ``retry_after`` is the server's
+    ``Retry-After`` delay in seconds when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ConnectTimeout(ConnectError):
+    """The TCP, TLS or WebSocket opening handshake did not finish in time."""
+
+
+class ConnectionClosed(WSClientError):
+    """The WebSocket connection is closed.
+
+    ``code`` and ``reason`` are those the peer sent (1006 and ``""`` when the
+    connection died without a close frame); ``sent_code`` is the code we sent,
+    if any.
+    """
+
+    def __init__(self, code: int, reason: str = "", *, sent_code: int | None = None) -> None:
+        self.code = code
+        self.reason = reason
+        self.sent_code = sent_code
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        text = f"connection closed: code {self.code}"
+        if self.reason:
+            text += f" ({self.reason})"
+        if self.code == 1006:
+            text += " (abnormal closure, no close frame)"
+        return text
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.code, self.reason), {"sent_code": self.sent_code})
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection was closed normally (codes 1000 or 1001 both ways)."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection was closed with an error, or died without a closing handshake."""
+
+
+class MessageTooBig(ConnectionClosedError):
+    """A message exceeded a size limit: ours (``max_size``) or the server's (code 1009)."""
+
+
+class ProtocolError(WSClientError):
+    """The peer sent data that breaks the WebSocket protocol or the message protocol."""
+
+
+class InvalidState(WSClientError):
+    """The operation is not allowed in the object's current state."""
+
+
+def closed_error(code: int, reason: str, *, sent_code: int | None = None) -> ConnectionClosed:
+    """Build the right :class:`ConnectionClosed` subclass for a close code pair."""
+    cls: type[ConnectionClosed]
+    if code == 1009 or sent_code == 1009:
+        cls = MessageTooBig
+    elif code in OK_CLOSE_CODES and (sent_code is None or sent_code in OK_CLOSE_CODES):
+        cls = ConnectionClosedOK
+    else:
+        cls = ConnectionClosedError
+    return cls(code, reason, sent_code=sent_code)

@@ -1,0 +1,344 @@
+"""Byte links: how a :class:`~wsclient.WebSocketTransport` reaches the network.
+
+The transport owns the Sans-I/O protocol and every decision; a link only moves
+bytes. There are two, chosen by the running event loop:
+
+* :class:`AsyncioLink` is an :class:`asyncio.Protocol`. The loop pushes
+  received bytes into the transport from ``data_received`` and writes go
+  straight to the asyncio transport: no stream wrapper, no task and no extra
+  loop pass per message, which is what makes the asyncio path fast.
+* :class:`StreamLink` runs over any anyio byte stream (trio, or asyncio when a
+  stream is all we have). It is pull-based, like httpcore's HTTP/2 connection:
+  whichever task needs inbound data (``receive``, ``ping``, ``aclose``) reads
+  one chunk under a lock and feeds the protocol for everyone, so the link
+  needs no background task of its own.
+
+Both apply backpressure the same way: data frames wait while the socket's
+buffer is over its high-water mark; control frames (ping, pong, close) are
+written at once and never wait behind queued data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+__all__ = ["AsyncioLink", "Link", "LinkOwner", "StreamLink"]
+
+# Bytes handed to the socket per write call on the stream path; a control
+# frame queued behind data waits for at most one such batch.
+WRITE_BATCH = 64 * 1024
+READ_CHUNK = 64 * 1024
+
+
+class LinkOwner(ABC):
+    """What a link calls back into: the transport."""
+
+    @abstractmethod
+    def bytes_received(self, data: bytes) -> None:
+        """Feed bytes from the network to the protocol."""
+
+    @abstractmethod
+    def eof_received(self) -> None:
+        """The peer half-closed the connection."""
+
+    @abstractmethod
+    def link_lost(self, exc: BaseException | None) -> None:
+        """The connection is gone; ``exc`` says why when it broke."""
+
+
+class Link(ABC):
+    """Moves bytes for a transport; see the module docstring."""
+
+    lost: bool = False
+
+    @abstractmethod
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, making inbound progress meanwhile."""
+
+    @abstractmethod
+    def wake(self) -> None:
+        """Tell waiters that the transport's state changed."""
+
+    @property
+    @abstractmethod
+    def backlogged(self) -> bool:
+        """True when queued frames wait for the peer: callers should :meth:`flush`."""
+
+    @abstractmethod
+    def queue(self, chunks: list[bytes], *, control: bool) -> None:
+        """Queue frames for writing, in order; ``control`` frames go ahead of data."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Return once everything queued so far is handed to the operating system."""
+
+    @abstractmethod
+    def write_eof(self) -> None:
+        """Half-close our side after what is queued, when the transport supports it."""
+
+    @abstractmethod
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (inbound buffer is full)."""
+
+    @abstractmethod
+    def resume_reading(self) -> None:
+        """Read from the socket again."""
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """Close the socket now, dropping unsent data, and wait until it is closed."""
+
+
+class AsyncioLink(asyncio.Protocol, Link):
+    """A link driven by asyncio's protocol callbacks."""
+
+    def __init__(self, owner: LinkOwner) -> None:
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._write_paused = False
+        self._pending: deque[bytes] = deque()  # data held back while writing is paused
+        self._drained: list[asyncio.Future[None]] = []
+        self._reading_paused = False
+        self._lost_future: asyncio.Future[None] = self._loop.create_future()
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._owner.bytes_received(data)
+        self.wake()
+
+    def eof_received(self) -> None:
+        self._owner.eof_received()
+        self.wake()
+        # Returning None lets asyncio close the transport; TLS ignores EOF anyway.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._owner.link_lost(exc)
+        if not self._lost_future.done():
+            self._lost_future.set_result(None)
+        self._pending.clear()
+        self._release(self._drained)
+        self.wake()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        transport = self._transport
+        while self._pending and not self._write_paused and transport is not None:
+            transport.write(self._pending.popleft())
+        if not self._pending:
+            self._release(self._drained)
+
+    # Link
+
+    @staticmethod
+    def _release(futures: list[asyncio.Future[None]]) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
+        futures.clear()
+
+    def wake(self) -> None:
+        if self._waiters:
+            self._release(self._waiters)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        # One future per waiting task: cancelling one waiter cannot disturb another.
+        while not condition():
+            future = self._loop.create_future()
+            self._waiters.append(future)
+            try:
+                await future
+            finally:
+                if not future.done():
+                    future.cancel()
+                    self._waiters.remove(future)
+
+    @property
+    def backlogged(self) -> bool:
+        return bool(self._pending)
+
+    def queue(self, chunks: list[bytes], *, control: bool) -> None:
+        transport = self._transport
+        if transport is None or self.lost:
+            return
+        if control or (not self._write_paused and not self._pending):
+            if len(chunks) == 1:
+                transport.write(chunks[0])
+            else:
+                transport.writelines(chunks)
+        else:
+            # Slow peer: hold data here, not in asyncio's buffer, so that
+            # control frames can still go out first.
+            self._pending.extend(chunks)
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        future = self._loop.create_future()
+        self._drained.append(future)
+        try:
+            await future
+        finally:
+            if not future.done():
+                future.cancel()
+                self._drained.remove(future)
+
+    def write_eof(self) -> None:
+        transport = self._transport
+        if transport is not None and not self.lost and transport.can_write_eof():
+            transport.write_eof()
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._reading_paused and not self.lost:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and self._reading_paused and not self.lost:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    async def abort(self) -> None:
+        transport = self._transport
+        if transport is not None and not self.lost:
+            transport.abort()
+        # connection_lost runs on the next loop pass; wait for it so the socket
+        # is really closed when we return. Shielded: closing must finish.
+        if transport is not None:
+            with anyio.CancelScope(shield=True):
+                await asyncio.shield(self._lost_future)
+
+
+class StreamLink(Link):
+    """A pull-based link over an anyio byte stream (see the module docstring)."""
+
+    def __init__(self, owner: LinkOwner, stream: anyio.abc.ByteStream) -> None:
+        self._owner = owner
+        self._stream = stream
+        self._read_lock = anyio.Lock()
+        self._write_lock = anyio.Lock()
+        self._data: deque[bytes] = deque()
+        self._control: deque[bytes] = deque()
+        self._changed = anyio.Event()
+        self._reading_paused = False
+        self._eof_requested = False
+
+    def wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            if self.lost:
+                return
+            if self._reading_paused or self._read_lock.locked():
+                # Someone else reads, or the inbound buffer is full: wait for news.
+                await self._changed.wait()
+                continue
+            async with self._read_lock:
+                if condition():
+                    return
+                await self._read_once()
+
+    async def _read_once(self) -> None:
+        try:
+            data = await self._stream.receive(READ_CHUNK)
+        except anyio.EndOfStream:
+            self._owner.eof_received()
+            await self._lose(None)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            await self._lose(exc)
+        else:
+            self._owner.bytes_received(data)
+            # Pongs and close echoes go out now, unless a writer holds the lock:
+            # it sends them with its next batch, and waiting for it here could
+            # deadlock with a peer that only reads once we read.
+            if self.backlogged and not self._write_lock.locked():
+                await self.flush()
+        finally:
+            self.wake()
+
+    async def _lose(self, exc: BaseException | None) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        self._data.clear()
+        self._control.clear()
+        self._owner.link_lost(exc)
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+    @property
+    def backlogged(self) -> bool:
+        return bool(self._data or self._control or self._eof_requested)
+
+    def queue(self, chunks: list[bytes], *, control: bool) -> None:
+        if not self.lost:
+            (self._control if control else self._data).extend(chunks)
+
+    def write_eof(self) -> None:
+        self._eof_requested = True
+
+    async def flush(self) -> None:
+        # Whoever holds the lock writes everything queued, including frames
+        # other tasks queued meanwhile; they find the queues empty and return.
+        async with self._write_lock:
+            while (self._control or self._data) and not self.lost:
+                # Take cancellation here, while the batch is still queued...
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                batch = self._next_batch()
+                try:
+                    await self._stream.send(batch)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                    await self._lose(exc)
+                except BaseException:
+                    # ...because once send() is cancelled part of a frame may
+                    # be on the wire, and the stream cannot carry on after it.
+                    await self._lose(None)
+                    raise
+            if self._eof_requested and not self.lost:
+                self._eof_requested = False
+                send_eof = getattr(self._stream, "send_eof", None)
+                if send_eof is not None:
+                    try:
+                        await send_eof()
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        pass
+
+    def _next_batch(self) -> bytes:
+        batch: list[bytes] = []
+        size = 0
+        for queue in (self._control, self._data):
+            while queue and size < WRITE_BATCH:
+                chunk = queue.popleft()
+                batch.append(chunk)
+                size += len(chunk)
+        return b"".join(batch)
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self.wake()
+
+    async def abort(self) -> None:
+        await self._lose(None)

@@ -1,0 +1,670 @@
+"""The transport: one WebSocket connection, the layer everything stacks on.
+
+:class:`Transport` is the small interface every upper layer uses.
+:class:`WebSocketTransport` implements RFC 6455 by driving ``websockets``'
+Sans-I/O :class:`~websockets.client.ClientProtocol` over a byte link (see
+:mod:`wsclient._links`): an :class:`asyncio.Protocol` on asyncio, an anyio
+byte stream elsewhere. The transport owns every protocol decision; the link
+only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import socket
+import ssl as ssl_module
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+import anyio
+import anyio.abc
+import sniffio
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, PayloadTooBig
+from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+from websockets.frames import Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.typing import Origin, Subprotocol
+from websockets.uri import WebSocketURI, parse_uri
+
+from ._version import __version__
+from ._exceptions import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    InvalidState,
+    InvalidURL,
+    closed_error,
+)
+from ._links import AsyncioLink, Link, LinkOwner, StreamLink
+from ._redact import redact_url
+
+__all__ = [
+    "Transport",
+    "TransportState",
+    "TransportStatistics",
+    "WebSocketTransport",
+    "connect_transport",
+]
+
+logger = logging.getLogger("wsclient.transport")
+
+USER_AGENT = f"wsclient/{__version__}"
+
+_TEXT, _BINARY, _CONT, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
+_CONTROL_OPCODES = frozenset({0x9, 0xA})  # ping, pong: may overtake queued data
+
+
+class TransportState(enum.Enum):
+    """Where a transport is in its life (RFC 6455 4.1, 7.1.3, 7.1.4)."""
+
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class TransportStatistics:
+    """Counters of one transport, from :meth:`Transport.statistics`."""
+
+    state: TransportState
+    messages_sent: int
+    messages_received: int
+    bytes_sent: int
+    bytes_received: int
+    pings_sent: int
+    pongs_received: int
+    last_rtt: float | None
+    messages_buffered: int
+    read_pauses: int
+
+
+class Transport(ABC):
+    """One message-oriented connection to a server.
+
+    Use it as an async context manager, or call :meth:`aclose`. Iterating
+    over it yields messages until the connection closes normally; an abnormal
+    close raises :class:`~wsclient.ConnectionClosedError`.
+    """
+
+    @abstractmethod
+    async def send(self, data: str | bytes, *, text: bool | None = None) -> None:
+        """Send one message: ``str`` as a text frame, ``bytes`` as binary.
+
+        ``text=True`` sends ``bytes`` that are already UTF-8 (orjson output)
+        as a text frame without decoding them first.
+        """
+
+    @abstractmethod
+    async def receive(self) -> str | bytes:
+        """Return the next message; raise :class:`~wsclient.ConnectionClosed` once closed."""
+
+    @abstractmethod
+    async def ping(self, data: bytes | None = None) -> float:
+        """Send a ping and return the round-trip time in seconds when its pong arrives."""
+
+    @abstractmethod
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection with ``code`` and ``reason``; idempotent."""
+
+    @property
+    @abstractmethod
+    def state(self) -> TransportState:
+        """The connection's state."""
+
+    @property
+    @abstractmethod
+    def close_code(self) -> int | None:
+        """The close code the peer sent (1006 if none), or None while not closed."""
+
+    @property
+    @abstractmethod
+    def close_reason(self) -> str | None:
+        """The close reason the peer sent, or None while not closed."""
+
+    @abstractmethod
+    def statistics(self) -> TransportStatistics:
+        """A snapshot of this transport's counters."""
+
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def __aiter__(self) -> AsyncIterator[str | bytes]:
+        try:
+            while True:
+                yield await self.receive()
+        except ConnectionClosed as exc:
+            if exc.code not in (1000, 1001):
+                raise
+
+
+class WebSocketTransport(Transport, LinkOwner):
+    """A WebSocket client connection (RFC 6455) on ``websockets``' Sans-I/O core.
+
+    Open one with :func:`connect_transport`. Messages received are buffered
+    (up to ``max_queue``, then the socket is no longer read, which pushes back
+    on the server); :meth:`receive` takes them in order and cancelling it
+    loses none. Control frames never wait behind queued data.
+    """
+
+    def __init__(
+        self,
+        protocol: ClientProtocol,
+        *,
+        display_url: str,
+        max_queue: int,
+        close_timeout: float,
+    ) -> None:
+        self._protocol = protocol
+        self._display_url = display_url
+        self._close_timeout = close_timeout
+        self._high_water = max(1, max_queue)
+        self._low_water = self._high_water // 4
+        self._link: Link | None = None
+        self._inbox: deque[str | bytes] = deque()
+        self._fragments: list[bytes] = []
+        self._fragment_text = False
+        self._pings: dict[bytes, tuple[float, anyio.Event]] = {}
+        self._closed = False
+        self._close_cause: BaseException | None = None
+        self._close_exc: ConnectionClosed | None = None
+        self._messages_sent = 0
+        self._messages_received = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self._pings_sent = 0
+        self._pongs_received = 0
+        self._last_rtt: float | None = None
+        self._read_pauses = 0
+
+    # Public API
+
+    @property
+    def state(self) -> TransportState:
+        if self._closed:
+            return TransportState.CLOSED
+        return _STATES[self._protocol.state]
+
+    @property
+    def close_code(self) -> int | None:
+        return self._protocol.close_code if self._closed else None
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._protocol.close_reason if self._closed else None
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server selected, if any."""
+        return self._protocol.subprotocol
+
+    @property
+    def url(self) -> str:
+        """The server's URL with secrets masked."""
+        return self._display_url
+
+    def statistics(self) -> TransportStatistics:
+        return TransportStatistics(
+            state=self.state,
+            messages_sent=self._messages_sent,
+            messages_received=self._messages_received,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            pings_sent=self._pings_sent,
+            pongs_received=self._pongs_received,
+            last_rtt=self._last_rtt,
+            messages_buffered=len(self._inbox),
+            read_pauses=self._read_pauses,
+        )
+
+    def __repr__(self) -> str:
+        state = self.state.name
+        if self._closed:
+            state += f" code={self.close_code}"
+        return f"<WebSocketTransport {self._display_url} {state}>"
+
+    async def send(self, data: str | bytes, *, text: bool | None = None) -> None:
+        protocol = self._protocol
+        if protocol.state is not State.OPEN:
+            raise self._not_open_error()
+        if isinstance(data, str):
+            protocol.send_text(data.encode())
+        elif text:
+            protocol.send_text(data)
+        else:
+            protocol.send_binary(data)
+        self._messages_sent += 1
+        link = self._require_link()
+        self._write_output(link)
+        if link.backlogged:
+            await link.flush()
+
+    async def receive(self) -> str | bytes:
+        inbox = self._inbox
+        if not inbox:
+            link = self._require_link()
+            await link.wait_until(self._receivable)
+            if not inbox:
+                await self._finish_closing()
+                raise self._closed_exception()
+        message = inbox.popleft()
+        if len(inbox) == self._low_water and self._link is not None:
+            self._link.resume_reading()
+        return message
+
+    async def ping(self, data: bytes | None = None) -> float:
+        protocol = self._protocol
+        if protocol.state is not State.OPEN:
+            raise self._not_open_error()
+        if data is None:
+            data = os.urandom(4)
+            while data in self._pings:
+                data = os.urandom(4)
+        elif data in self._pings:
+            raise InvalidState("a ping with this payload is already waiting for its pong")
+        arrived = anyio.Event()
+        sent_at = anyio.current_time()
+        self._pings[data] = (sent_at, arrived)
+        protocol.send_ping(data)
+        self._pings_sent += 1
+        link = self._require_link()
+        try:
+            self._write_output(link)
+            if link.backlogged:
+                await link.flush()
+            await link.wait_until(lambda: arrived.is_set() or self._closed)
+        finally:
+            self._pings.pop(data, None)
+        if not arrived.is_set():
+            raise self._closed_exception()
+        rtt = anyio.current_time() - sent_at
+        self._last_rtt = rtt
+        return rtt
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        link = self._link
+        if link is None or self._closed:
+            return
+        # Closing must finish even if our caller is cancelled; close_timeout bounds it.
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._close_timeout):
+                if self._protocol.state is State.OPEN:
+                    self._protocol.send_close(code, reason)
+                    self._write_output(link)
+                    await link.flush()
+                # RFC 6455 7.1.1: the client waits for the server to close TCP.
+                await link.wait_until(lambda: self._closed)
+            if not self._closed:
+                logger.debug("%s: server did not close TCP in time, aborting", self._display_url)
+                await link.abort()
+
+    # Link callbacks: run synchronously as bytes arrive, so they must not block.
+
+    def bytes_received(self, data: bytes) -> None:
+        self._bytes_received += len(data)
+        protocol = self._protocol
+        protocol.receive_data(data)
+        inbox = self._inbox
+        for event in protocol.events_received():
+            if self._close_cause is not None:
+                break  # we failed the connection: RFC 6455 7.1.7, process nothing more
+            if isinstance(event, Response):
+                continue  # the handshake; connect() inspects the protocol's state
+            opcode = event.opcode
+            if opcode is _TEXT or opcode is _BINARY:
+                if event.fin:
+                    self._deliver(event.data, opcode is _TEXT)
+                else:
+                    self._fragments = [bytes(event.data)]
+                    self._fragment_text = opcode is _TEXT
+            elif opcode is _CONT:
+                self._fragments.append(bytes(event.data))
+                if event.fin:
+                    payload = b"".join(self._fragments)
+                    self._fragments = []
+                    self._deliver(payload, self._fragment_text)
+            elif opcode is _PONG:
+                self._pong_received(bytes(event.data))
+        link = self._link
+        if link is not None:
+            self._write_output(link)
+            if len(inbox) >= self._high_water:
+                self._read_pauses += 1
+                link.pause_reading()
+
+    def eof_received(self) -> None:
+        self._protocol.receive_eof()
+        if self._link is not None:
+            self._write_output(self._link)
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        if self._closed:
+            return
+        self._protocol.receive_eof()  # idempotent; moves the protocol to CLOSED
+        self._closed = True
+        if self._close_cause is None:
+            self._close_cause = self._protocol.parser_exc or exc
+        for _, arrived in self._pings.values():
+            arrived.set()  # ping() sees _closed and raises
+        logger.debug("%s: connection closed (code %s)", self._display_url, self.close_code)
+
+    # Internals
+
+    def _deliver(self, payload: bytes | bytearray | memoryview, is_text: bool) -> None:
+        if is_text:
+            try:
+                message: str | bytes = str(payload, "utf-8")
+            except UnicodeDecodeError as exc:
+                # RFC 6455 8.1: invalid UTF-8 in a text message fails the connection.
+                self._close_cause = exc
+                self._protocol.fail(1007, "invalid UTF-8 in a text frame")
+                return
+        else:
+            message = bytes(payload)
+        self._messages_received += 1
+        self._inbox.append(message)
+
+    def _pong_received(self, data: bytes) -> None:
+        self._pongs_received += 1
+        # RFC 6455 5.5.3: a pong answers its ping and every earlier one.
+        for payload, (_, arrived) in list(self._pings.items()):
+            arrived.set()
+            if payload == data:
+                break
+
+    def _write_output(self, link: Link) -> None:
+        """Hand what the protocol wants to send to the link, control frames first."""
+        for chunk in self._protocol.data_to_send():
+            if chunk:
+                self._bytes_sent += len(chunk)
+                link.queue([chunk], control=(chunk[0] & 0x0F) in _CONTROL_OPCODES)
+            else:
+                link.write_eof()
+
+    def _receivable(self) -> bool:
+        return bool(self._inbox) or self._closed or self._protocol.state is not State.OPEN
+
+    def _require_link(self) -> Link:
+        if self._link is None:
+            raise InvalidState("transport is not connected; use connect_transport()")
+        return self._link
+
+    def _not_open_error(self) -> Exception:
+        if self._protocol.state is State.CONNECTING:
+            return InvalidState("transport is still connecting")
+        return self._closed_exception()
+
+    async def _finish_closing(self) -> None:
+        """Wait (bounded) for the server to close TCP once the close handshake is done."""
+        if self._closed or self._link is None:
+            return
+        with anyio.move_on_after(self._close_timeout):
+            await self._link.wait_until(lambda: self._closed)
+        if not self._closed:
+            await self._link.abort()
+
+    def _closed_exception(self) -> ConnectionClosed:
+        if self._close_exc is not None:
+            return self._close_exc
+        protocol = self._protocol
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
+        error = closed_error(
+            rcvd.code if rcvd is not None else 1006,
+            rcvd.reason if rcvd is not None else "",
+            sent_code=sent.code if sent is not None else None,
+        )
+        cause = self._close_cause or protocol.parser_exc
+        if isinstance(cause, PayloadTooBig):
+            error.args = (f"{error.args[0]}: message too big ({cause})",)
+        error.__cause__ = cause
+        if self._closed:  # final: the codes cannot change any more
+            self._close_exc = error
+        return error
+
+    # Opening
+
+    async def _open(self, link: Link, request_bytes: list[bytes]) -> None:
+        """Send the handshake request and wait for the response (caller bounds time)."""
+        self._link = link
+        link.queue(request_bytes, control=False)
+        await link.flush()
+        protocol = self._protocol
+        await link.wait_until(
+            lambda: protocol.state is not State.CONNECTING
+            or protocol.handshake_exc is not None
+            or self._closed
+        )
+        if protocol.handshake_exc is not None:
+            raise _handshake_error(protocol.handshake_exc, self._display_url)
+        if protocol.state is not State.OPEN:
+            raise ConnectError(
+                f"connection to {self._display_url} closed during the opening handshake"
+            )
+
+
+_STATES = {
+    State.CONNECTING: TransportState.CONNECTING,
+    State.OPEN: TransportState.OPEN,
+    State.CLOSING: TransportState.CLOSING,
+    State.CLOSED: TransportState.CLOSED,
+}
+
+
+def _handshake_error(exc: Exception, display_url: str) -> ConnectError:
+    if isinstance(exc, InvalidStatus):
+        response = exc.response
+        status = response.status_code
+        error = ConnectError(
+            f"server at {display_url} rejected the WebSocket handshake: "
+            f"HTTP {status} {response.reason_phrase}".rstrip(),
+            status=status,
+            retry_after=_retry_after(response.headers),
+        )
+    elif isinstance(exc, InvalidHandshake):
+        error = ConnectError(f"invalid WebSocket handshake response from {display_url}: {exc}")
+    else:
+        error = ConnectError(f"WebSocket handshake with {display_url} failed: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _retry_after(headers: Headers) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+        from time import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+async def connect_transport(
+    url: str,
+    *,
+    headers: HeadersLike | None = None,
+    subprotocols: Sequence[str] | None = None,
+    origin: str | None = None,
+    user_agent: str | None = USER_AGENT,
+    compression: Literal["deflate"] | None = "deflate",
+    max_size: int | None = 2**20,
+    max_queue: int = 32,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
+    unix_socket: str | os.PathLike[str] | None = None,
+    open_timeout: float | None = 10.0,
+    close_timeout: float = 10.0,
+) -> WebSocketTransport:
+    """Open a WebSocket connection and return it, ready to use.
+
+    Args:
+        url: ``ws://`` or ``wss://`` URL; ``user:password@`` becomes HTTP Basic auth.
+        headers: extra HTTP headers for the handshake request.
+        subprotocols: subprotocols to offer, most preferred first.
+        origin: value of the ``Origin`` header.
+        user_agent: ``User-Agent`` header; None sends none.
+        compression: ``"deflate"`` negotiates permessage-deflate (RFC 7692); None disables it.
+        max_size: largest message accepted, in bytes (None: no limit). A bigger one
+            fails the connection with code 1009 and :class:`~wsclient.MessageTooBig`.
+        max_queue: messages buffered before the socket stops being read.
+        ssl: TLS context for ``wss://``; by default one that verifies certificates
+            against the system's trust store.
+        server_hostname: host name to verify the certificate against (default: the URL's).
+        unix_socket: connect to this Unix socket path instead of the URL's host and port.
+        open_timeout: seconds for TCP connect, TLS and the opening handshake (None: no limit).
+        close_timeout: seconds to wait for the closing handshake before dropping the socket.
+
+    Raises:
+        InvalidURL: the URL is not a WebSocket URL.
+        ConnectError: the connection was refused, DNS or TLS failed, or the server
+            rejected the handshake (``status`` holds the HTTP status).
+        ConnectTimeout: ``open_timeout`` elapsed.
+    """
+    uri = _parse_url(url)
+    display_url = redact_url(url)
+    if ssl is not None and not uri.secure:
+        raise InvalidURL(f"ssl= was given for a non-TLS URL {display_url}; use wss://")
+    if uri.secure and ssl is None:
+        ssl = ssl_module.create_default_context()
+    if max_queue < 1:
+        raise ValueError("max_queue must be at least 1")
+
+    protocol = ClientProtocol(
+        uri,
+        origin=Origin(origin) if origin is not None else None,
+        extensions=enable_client_permessage_deflate(None) if compression == "deflate" else None,
+        subprotocols=[Subprotocol(s) for s in subprotocols] if subprotocols else None,
+        max_size=max_size,
+        logger=logger,
+    )
+    # websockets' debug logs print headers and payloads; those may hold secrets.
+    protocol.debug = False
+    request = protocol.connect()
+    if headers is not None:
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        for name, value in items:
+            request.headers[name] = value
+    if user_agent is not None and "User-Agent" not in request.headers:
+        request.headers["User-Agent"] = user_agent
+    protocol.send_request(request)
+
+    transport = WebSocketTransport(
+        protocol, display_url=display_url, max_queue=max_queue, close_timeout=close_timeout
+    )
+    try:
+        with anyio.fail_after(open_timeout):
+            link = await _open_link(transport, uri, ssl, server_hostname, unix_socket, display_url)
+            try:
+                await transport._open(link, protocol.data_to_send())
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await link.abort()
+                raise
+    except TimeoutError as exc:
+        raise ConnectTimeout(
+            f"opening {display_url} took longer than open_timeout={open_timeout}s"
+        ) from exc
+    return transport
+
+
+def _parse_url(url: str) -> WebSocketURI:
+    if not isinstance(url, str):
+        raise InvalidURL(f"URL must be a str, not {type(url).__name__}")
+    try:
+        return parse_uri(url)
+    except InvalidURI as exc:
+        # websockets' message repeats the URL, password included: say why only.
+        raise InvalidURL(f"invalid WebSocket URL {redact_url(url)}: {exc.msg}") from None
+    except ValueError as exc:  # urllib: bad port, bad IPv6 literal
+        raise InvalidURL(f"invalid WebSocket URL {redact_url(url)}: {exc}") from None
+
+
+async def _open_link(
+    transport: WebSocketTransport,
+    uri: WebSocketURI,
+    ssl: ssl_module.SSLContext | None,
+    server_hostname: str | None,
+    unix_socket: str | os.PathLike[str] | None,
+    display_url: str,
+) -> Link:
+    """Open the socket (and TLS) and wrap it in the right link for this event loop."""
+    where = str(unix_socket) if unix_socket is not None else f"{uri.host}:{uri.port}"
+    hostname = (server_hostname or uri.host) if ssl is not None else None
+    try:
+        if sniffio.current_async_library() == "asyncio":
+            loop = asyncio.get_running_loop()
+            if unix_socket is not None:
+                _, asyncio_link = await loop.create_unix_connection(
+                    lambda: AsyncioLink(transport),
+                    os.fspath(unix_socket),
+                    ssl=ssl,
+                    server_hostname=hostname,
+                )
+            else:
+                _, asyncio_link = await loop.create_connection(
+                    lambda: AsyncioLink(transport),
+                    uri.host,
+                    uri.port,
+                    ssl=ssl,
+                    server_hostname=hostname,
+                )
+            return asyncio_link
+        stream: anyio.abc.ByteStream
+        if unix_socket is not None:
+            stream = await anyio.connect_unix(unix_socket)
+            if ssl is not None:
+                from anyio.streams.tls import TLSStream
+
+                stream = await TLSStream.wrap(stream, server_hostname=hostname, ssl_context=ssl)
+        else:
+            stream = await anyio.connect_tcp(
+                uri.host, uri.port, ssl_context=ssl, tls_hostname=hostname
+            )
+        return StreamLink(transport, stream)
+    except ssl_module.SSLCertVerificationError as exc:
+        raise ConnectError(
+            f"TLS certificate verification failed for {display_url}: {exc.verify_message}"
+        ) from exc
+    except ssl_module.SSLError as exc:
+        raise ConnectError(f"TLS handshake with {display_url} failed: {exc.reason}") from exc
+    except socket.gaierror as exc:
+        raise ConnectError(f"cannot resolve host {uri.host!r}: {exc.strerror}") from exc
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {where}: {_os_reason(exc)}") from exc
+    except anyio.BrokenResourceError as exc:
+        raise ConnectError(f"connection to {where} broke while opening: {exc}") from exc
+
+
+def _os_reason(exc: OSError) -> str:
+    # anyio wraps the per-address errors of a multi-address connect in one OSError.
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+    if isinstance(exc, ConnectionRefusedError) or isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    return cause.strerror or str(cause)

@@ -1,0 +1,840 @@
+"""The reference Hub: a WebSocket server speaking the default dialect.
+
+The Hub runs on the ``websockets`` asyncio server. Tests, examples, benchmarks
+and the CLI use it as the server the SDK talks to. It speaks the default
+dialect of ARCHITECTURE.md:
+
+- requests (``query``, ``command``, ``auth``) answered by handlers registered
+  by name, with ``response`` or ``error`` replies correlated by ``requestId``;
+- fire-and-forget ``event`` messages, handled by optional event handlers;
+- channels: ``subscribe``, ``unsubscribe`` and ``publish`` with local fan-out;
+- the application heartbeat ``{"type": "ping"}`` answered with ``{"type": "pong"}``;
+- the ``from`` field of the SharedWorker pattern copied onto every direct reply.
+
+Outgoing messages go through a bounded per-connection buffer drained by one
+writer task. Fan-out never waits for a subscriber: a connection whose buffer is
+full is a slow consumer and is closed with code 1013 (try again later), so one
+stalled client cannot hold up deliveries to the others.
+
+:meth:`Hub.serve` works from any anyio backend. On asyncio the server runs in
+the caller's loop; elsewhere (trio) it runs on a private asyncio loop in a
+:class:`~wsclient._loopthread.LoopThread` and :class:`HubServer` hops to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Literal, TypeVar
+
+import anyio
+import orjson
+import sniffio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.protocol import State
+
+from wsclient._loopthread import LoopThread
+
+__all__ = ["Handler", "Hub", "HubError", "HubServer", "HubStatistics", "RequestContext"]
+
+logger = logging.getLogger("wsclient.server")
+
+T = TypeVar("T")
+
+#: A request handler: ``async def handler(parameters, ctx) -> reply payload``.
+#: Event handlers have the same shape; their return value is ignored.
+Handler = Callable[[Any, "RequestContext"], Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+
+SYSTEM_CHANNEL = "system"
+REQUEST_TYPES = frozenset({"query", "command", "auth"})
+INTERNAL_ERROR = "internal error"
+
+
+class HubError(Exception):
+    """Raise from a handler to send ``str(exc)`` to the client as the error reply.
+
+    Any other exception raised by a handler is logged and answered with a
+    generic ``"internal error"``, so server internals never reach the wire.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class HubStatistics:
+    """Counters of a running :class:`HubServer` (a snapshot)."""
+
+    #: Connections currently open.
+    connections_open: int
+    #: Connections accepted since the server started.
+    connections_total: int
+    #: WebSocket messages received from clients.
+    messages_received: int
+    #: WebSocket messages written to clients.
+    messages_sent: int
+    #: Requests (query, command, auth) received.
+    requests: int
+    #: Error replies and system errors sent, plus failed event handlers.
+    errors: int
+    #: Live subscriptions, summed over connections.
+    subscriptions: int
+    #: Channels with at least one subscriber.
+    channels: int
+    #: Publish messages received.
+    publishes: int
+    #: Channel deliveries queued for subscribers.
+    deliveries: int
+    #: Connections closed because their outgoing buffer overflowed.
+    slow_consumer_disconnects: int
+
+
+class RequestContext:
+    """What a handler knows about the request it serves and its connection.
+
+    ``state`` is a per-connection dict that handlers may use freely, e.g. an
+    auth handler storing the user for later queries; it lives as long as the
+    connection.
+    """
+
+    __slots__ = ("_name", "_origin", "_request_id", "_runtime", "_session", "_type")
+
+    def __init__(
+        self,
+        runtime: _Runtime,
+        session: _Session,
+        type: str,
+        name: str | None,
+        request_id: Any,
+        origin: Any,
+    ) -> None:
+        self._runtime = runtime
+        self._session = session
+        self._type = type
+        self._name = name
+        self._request_id = request_id
+        self._origin = origin
+
+    @property
+    def type(self) -> str:
+        """The message type: ``"query"``, ``"command"``, ``"auth"`` or ``"event"``."""
+        return self._type
+
+    @property
+    def name(self) -> str | None:
+        """The resource, action or event name (``None`` for ``auth``)."""
+        return self._name
+
+    @property
+    def request_id(self) -> Any:
+        """The ``id`` of the request (``None`` for an event without one)."""
+        return self._request_id
+
+    @property
+    def origin(self) -> Any:
+        """The request's ``from`` value, ``None`` when it had none."""
+        return self._origin
+
+    @property
+    def connection_id(self) -> str:
+        """A unique id of the connection, as used in the server logs."""
+        return str(self._session.ws.id)
+
+    @property
+    def remote_address(self) -> Any:
+        """The peer address of the connection, e.g. ``(host, port)``."""
+        return self._session.ws.remote_address
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether an ``auth`` request on this connection succeeded."""
+        return self._session.authenticated
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A per-connection dict for handlers to keep their own data."""
+        return self._session.state
+
+    async def send(self, message: Any) -> None:
+        """Queue a JSON-able ``message`` to this connection."""
+        self._session.enqueue(orjson.dumps(message))
+
+    async def publish(self, channel: str, data: Any) -> int:
+        """Fan ``data`` out to the subscribers of ``channel``; return how many there were."""
+        return self._runtime.publish(channel, data)
+
+
+async def _echo(parameters: Any, ctx: RequestContext) -> Any:
+    return parameters
+
+
+async def _time(parameters: Any, ctx: RequestContext) -> Any:
+    return {"time": time.time()}
+
+
+async def _accept_any(credentials: Any, ctx: RequestContext) -> Any:
+    return {"authenticated": True}
+
+
+class Hub:
+    """The reference server: register handlers, then ``async with hub.serve()``.
+
+    Configuration, all keyword-only, with safe defaults:
+
+    - ``max_message_size`` (1 MiB): largest incoming message; a larger one closes
+      the connection with code 1009 (websockets' ``max_size``).
+    - ``max_subscriptions`` (1000): channels one connection may subscribe to;
+      one more is refused with a system error.
+    - ``max_queued_messages`` (1024) and ``max_queued_bytes`` (16 MiB): the
+      per-connection outgoing buffer. When a message would exceed either bound
+      the connection is a slow consumer: it is closed with code 1013 and counted
+      in ``slow_consumer_disconnects``. Fan-out never waits for a subscriber.
+    - ``max_concurrent_requests`` (64): query, command and event handlers of one
+      connection running at once; past it the Hub stops reading from that
+      connection until one finishes (backpressure, not an error).
+    - ``close_timeout`` (5 s): how long a closing handshake may take before the
+      TCP connection is aborted.
+    - ``ping_interval`` / ``ping_timeout`` (20 s / 20 s): protocol-level
+      keepalive from the server, ``None`` to disable.
+    - ``compression`` (``None``): ``"deflate"`` enables permessage-deflate. Off by
+      default because fan-out would compress each delivery once per subscriber.
+
+    Handlers have the shape ``async def handler(parameters, ctx) -> payload``
+    where ``ctx`` is a :class:`RequestContext`; the returned payload must be
+    JSON-able. The built-in queries ``echo`` (replies with the parameters) and
+    ``time`` (replies ``{"time": <unix seconds>}``) can be overridden.
+
+    Binary frames are decoded as UTF-8 JSON, exactly like text frames; replies
+    are always text frames.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = 2**20,
+        max_subscriptions: int = 1000,
+        max_queued_messages: int = 1024,
+        max_queued_bytes: int = 16 * 2**20,
+        max_concurrent_requests: int = 64,
+        close_timeout: float = 5.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        compression: Literal["deflate"] | None = None,
+    ) -> None:
+        for name, value in [
+            ("max_message_size", max_message_size),
+            ("max_subscriptions", max_subscriptions),
+            ("max_queued_messages", max_queued_messages),
+            ("max_queued_bytes", max_queued_bytes),
+            ("max_concurrent_requests", max_concurrent_requests),
+        ]:
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value!r}")
+        if close_timeout <= 0:
+            raise ValueError(f"close_timeout must be positive, got {close_timeout!r}")
+        self.max_message_size = max_message_size
+        self.max_subscriptions = max_subscriptions
+        self.max_queued_messages = max_queued_messages
+        self.max_queued_bytes = max_queued_bytes
+        self.max_concurrent_requests = max_concurrent_requests
+        self.close_timeout = close_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.compression = compression
+        self._queries: dict[str, Handler] = {"echo": _echo, "time": _time}
+        self._commands: dict[str, Handler] = {}
+        self._events: dict[str, Handler] = {}
+        self._auth: Handler = _accept_any
+
+    def __repr__(self) -> str:
+        return (
+            f"<Hub queries={sorted(self._queries)} commands={sorted(self._commands)} "
+            f"events={sorted(self._events)}>"
+        )
+
+    def on_query(self, resource: str) -> Callable[[H], H]:
+        """Register the decorated coroutine function as the handler of query ``resource``."""
+
+        def register(handler: H) -> H:
+            self._queries[resource] = handler
+            return handler
+
+        return register
+
+    def on_command(self, action: str) -> Callable[[H], H]:
+        """Register the decorated coroutine function as the handler of command ``action``."""
+
+        def register(handler: H) -> H:
+            self._commands[action] = handler
+            return handler
+
+        return register
+
+    def on_event(self, event: str) -> Callable[[H], H]:
+        """Register the decorated coroutine function as the handler of event ``event``.
+
+        Events get no reply; the handler receives the event's ``data``. Events
+        without a handler are ignored.
+        """
+
+        def register(handler: H) -> H:
+            self._events[event] = handler
+            return handler
+
+        return register
+
+    def on_auth(self, handler: H) -> H:
+        """Replace the ``auth`` handler (decorator).
+
+        The handler receives the credentials (the request's payload) and returns
+        the reply payload; raising :class:`HubError` refuses them. The default
+        accepts anything and replies ``{"authenticated": true}``. The Hub never
+        logs credentials.
+        """
+        self._auth = handler
+        return handler
+
+    @contextlib.asynccontextmanager
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        in_thread: bool | None = None,
+    ) -> AsyncIterator[HubServer]:
+        """Run the Hub on ``host:port`` for the duration of the context.
+
+        ``port=0`` lets the OS choose a free port; read it from
+        :attr:`HubServer.port`. With a host name that resolves to several
+        addresses, each socket gets its own port; pass a literal address then.
+
+        ``in_thread`` chooses where the asyncio server runs: ``None`` (default)
+        uses the current loop on asyncio and a private loop thread on any other
+        backend; ``True`` always uses a loop thread, which keeps the server
+        responsive while the caller's asyncio loop is blocked.
+
+        On exit, every connection is closed with code 1001 (going away), the
+        server stops listening and the loop thread, if any, is stopped.
+        """
+        if in_thread is None:
+            in_thread = sniffio.current_async_library() != "asyncio"
+        runtime = _Runtime(self)
+        if not in_thread:
+            await runtime.start(host, port)
+            try:
+                yield HubServer(runtime, None)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await runtime.aclose()
+            return
+
+        loop_thread = LoopThread(name="wsclient-hub")
+        loop_thread.start()
+        try:
+            await loop_thread.run(runtime.start(host, port))
+            try:
+                yield HubServer(runtime, loop_thread)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await loop_thread.run(runtime.aclose())
+        finally:
+            loop_thread.stop()
+
+
+class HubServer:
+    """A running Hub, yielded by :meth:`Hub.serve`.
+
+    Its coroutine methods can be awaited from any anyio backend; when the
+    server runs in a loop thread they hop to that loop.
+    """
+
+    def __init__(self, runtime: _Runtime, loop_thread: LoopThread | None) -> None:
+        self._runtime = runtime
+        self._loop_thread = loop_thread
+
+    @property
+    def host(self) -> str:
+        """The address the server listens on."""
+        return self._runtime.host
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (the real one when 0 was asked)."""
+        return self._runtime.port
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect to, e.g. ``ws://127.0.0.1:8765/``."""
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{self.port}/"
+
+    def statistics(self) -> HubStatistics:
+        """Return a snapshot of the server's counters."""
+        return self._runtime.statistics()
+
+    def __repr__(self) -> str:
+        stats = self.statistics()
+        return (
+            f"<HubServer url={self.url!r} connections_open={stats.connections_open} "
+            f"connections_total={stats.connections_total} "
+            f"subscriptions={stats.subscriptions} "
+            f"messages_received={stats.messages_received} "
+            f"messages_sent={stats.messages_sent} errors={stats.errors}>"
+        )
+
+    async def close_connections(
+        self, code: int = CloseCode.GOING_AWAY, reason: str = ""
+    ) -> None:
+        """Close every client connection with ``code`` and ``reason``; keep listening.
+
+        Returns once the connections are closed. A client that does not answer
+        the closing handshake within ``close_timeout`` is aborted.
+        """
+        await self._call(self._runtime.close_connections(code, reason))
+
+    async def abort_connections(self) -> None:
+        """Drop every client's TCP connection abruptly, without a close frame; keep listening.
+
+        Clients see an abnormal closure (1006), as if the server had died.
+        """
+        await self._call(self._runtime.abort_connections())
+
+    async def publish(self, channel: str, data: Any) -> int:
+        """Fan ``data`` out to the subscribers of ``channel`` from the server side.
+
+        Returns the number of subscribers it was queued for.
+        """
+
+        async def publish() -> int:
+            return self._runtime.publish(channel, data)
+
+        return await self._call(publish())
+
+    async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop_thread is None:
+            return await coro
+        return await self._loop_thread.run(coro)
+
+
+class _Session:
+    """One client connection: its outgoing buffer, subscriptions and state."""
+
+    def __init__(self, runtime: _Runtime, ws: ServerConnection) -> None:
+        self.runtime = runtime
+        self.ws = ws
+        self.channels: set[str] = set()
+        self.state: dict[str, Any] = {}
+        self.authenticated = False
+        self.queued_bytes = 0
+        self.overflowed = anyio.Event()
+        self.closing = False
+        send, receive = anyio.create_memory_object_stream[bytes](
+            runtime.hub.max_queued_messages
+        )
+        self.send_stream: MemoryObjectSendStream[bytes] = send
+        self.receive_stream: MemoryObjectReceiveStream[bytes] = receive
+
+    def enqueue(self, data: bytes) -> bool:
+        """Queue ``data`` without waiting; on overflow mark the session a slow consumer."""
+        if self.closing:
+            return False
+        if self.queued_bytes + len(data) > self.runtime.hub.max_queued_bytes:
+            self._overflow()
+            return False
+        try:
+            self.send_stream.send_nowait(data)
+        except anyio.WouldBlock:
+            self._overflow()
+            return False
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        self.queued_bytes += len(data)
+        return True
+
+    def _overflow(self) -> None:
+        self.closing = True
+        self.runtime.slow_consumer_disconnects += 1
+        logger.warning("connection %s is a slow consumer: closing it", self.ws.id)
+        self.overflowed.set()
+
+
+class _Runtime:
+    """The Hub's live state; every method runs on the server's asyncio loop."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.host = ""
+        self.port = 0
+        self._server: Server | None = None
+        self._closing = False
+        self._sessions: set[_Session] = set()
+        self._channels: dict[str, set[_Session]] = {}
+        self._reply_ids = itertools.count(1)
+        self.connections_total = 0
+        self.messages_received = 0
+        self.messages_sent = 0
+        self.requests = 0
+        self.errors = 0
+        self.subscriptions = 0
+        self.publishes = 0
+        self.deliveries = 0
+        self.slow_consumer_disconnects = 0
+
+    def statistics(self) -> HubStatistics:
+        return HubStatistics(
+            connections_open=len(self._sessions),
+            connections_total=self.connections_total,
+            messages_received=self.messages_received,
+            messages_sent=self.messages_sent,
+            requests=self.requests,
+            errors=self.errors,
+            subscriptions=self.subscriptions,
+            channels=len(self._channels),
+            publishes=self.publishes,
+            deliveries=self.deliveries,
+            slow_consumer_disconnects=self.slow_consumer_disconnects,
+        )
+
+    # Lifecycle
+
+    async def start(self, host: str, port: int) -> None:
+        hub = self.hub
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            max_size=hub.max_message_size,
+            close_timeout=hub.close_timeout,
+            ping_interval=hub.ping_interval,
+            ping_timeout=hub.ping_timeout,
+            compression=hub.compression,
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self.host, self.port = host, sockname[1]
+        logger.debug("hub listening on %s:%d", self.host, self.port)
+
+    async def aclose(self) -> None:
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        # Stop accepting first, then close the clients ourselves: websockets'
+        # own close waits without limit on a client that stopped reading.
+        # A handshake completing meanwhile sees _closing and closes itself.
+        self._closing = True
+        server.close(close_connections=False)
+        await self.close_connections(CloseCode.GOING_AWAY, "")
+        await server.wait_closed()
+        logger.debug("hub on %s:%d closed", self.host, self.port)
+
+    async def close_connections(self, code: int, reason: str) -> None:
+        async with anyio.create_task_group() as tg:
+            for session in list(self._sessions):
+                tg.start_soon(self._close_session, session, code, reason)
+
+    async def abort_connections(self) -> None:
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.closing = True
+            session.ws.transport.abort()
+        for session in sessions:
+            await session.ws.wait_closed()
+
+    async def _close_session(self, session: _Session, code: int, reason: str) -> None:
+        """Close with a handshake bounded by ``close_timeout``, then abort."""
+        session.closing = True
+        ws = session.ws
+        with anyio.move_on_after(self.hub.close_timeout):
+            await ws.close(code, reason)
+        if ws.state is not State.CLOSED:
+            ws.transport.abort()
+            await ws.wait_closed()
+
+    # One connection
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if self._closing:
+            with anyio.move_on_after(self.hub.close_timeout):
+                await ws.close(CloseCode.GOING_AWAY)
+            return
+        session = _Session(self, ws)
+        self._sessions.add(session)
+        self.connections_total += 1
+        logger.debug("connection %s opened from %s", ws.id, ws.remote_address)
+        limiter = anyio.Semaphore(self.hub.max_concurrent_requests)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write, session)
+                tg.start_soon(self._watch_overflow, session)
+                try:
+                    async for raw in ws:
+                        self.messages_received += 1
+                        await self._dispatch(session, raw, tg, limiter)
+                except ConnectionClosed:
+                    pass
+                tg.cancel_scope.cancel()
+        finally:
+            self._sessions.discard(session)
+            for channel in list(session.channels):
+                self._unsubscribe(session, channel)
+            session.send_stream.close()
+            session.receive_stream.close()
+            logger.debug("connection %s closed (code %s)", ws.id, ws.close_code)
+
+    async def _write(self, session: _Session) -> None:
+        """Drain the session's buffer into the socket, one message at a time."""
+        try:
+            async for data in session.receive_stream:
+                session.queued_bytes -= len(data)
+                await session.ws.send(data, text=True)
+                self.messages_sent += 1
+        except ConnectionClosed:
+            pass
+
+    async def _watch_overflow(self, session: _Session) -> None:
+        await session.overflowed.wait()
+        await self._close_session(session, CloseCode.TRY_AGAIN_LATER, "slow consumer")
+
+    # Routing
+
+    async def _dispatch(
+        self, session: _Session, raw: str | bytes, tg: TaskGroup, limiter: anyio.Semaphore
+    ) -> None:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self._system_error(session, "malformed JSON", {})
+            return
+        if not isinstance(message, dict):
+            self._system_error(session, "message must be a JSON object", {})
+            return
+        # Direct replies carry the request's "from" so a shared connection can
+        # route them to the session that asked (SharedWorker pattern).
+        extra = {"from": message["from"]} if "from" in message else {}
+
+        if "action" in message:
+            self._handle_action(session, message, extra)
+            return
+        kind = message.get("type")
+        if kind == "ping":
+            self._send(session, {"type": "pong", **extra})
+        elif kind in REQUEST_TYPES:
+            await self._handle_request(session, message, kind, extra, tg, limiter)
+        elif kind == "event":
+            await self._handle_event(session, message, extra, tg, limiter)
+        elif kind is None:
+            self._system_error(session, "message needs a 'type' or an 'action'", extra)
+        else:
+            self._system_error(session, f"unknown type: {_short(kind)}", extra)
+
+    def _handle_action(self, session: _Session, message: dict[str, Any], extra: Extra) -> None:
+        action = message["action"]
+        channel = message.get("channel")
+        if action not in ("subscribe", "unsubscribe", "publish"):
+            self._system_error(session, f"unknown action: {_short(action)}", extra)
+            return
+        if not isinstance(channel, str) or not channel:
+            self._system_error(session, f"{action} needs a 'channel' string", extra)
+            return
+        if channel == SYSTEM_CHANNEL:
+            self._system_error(session, "the 'system' channel is reserved", extra)
+            return
+        if action == "subscribe":
+            if channel not in session.channels:
+                if len(session.channels) >= self.hub.max_subscriptions:
+                    self._system_error(
+                        session,
+                        f"subscription limit reached ({self.hub.max_subscriptions})",
+                        extra,
+                    )
+                    return
+                session.channels.add(channel)
+                self._channels.setdefault(channel, set()).add(session)
+                self.subscriptions += 1
+            confirm = {"type": "subscription_confirm", "channel": channel}
+            self._send(session, {"channel": SYSTEM_CHANNEL, "data": confirm, **extra})
+        elif action == "unsubscribe":
+            self._unsubscribe(session, channel)
+        else:
+            if "data" not in message:
+                self._system_error(session, "publish needs 'data'", extra)
+                return
+            self.publishes += 1
+            self.publish(channel, message["data"])
+
+    def _unsubscribe(self, session: _Session, channel: str) -> None:
+        if channel not in session.channels:
+            return
+        session.channels.discard(channel)
+        self.subscriptions -= 1
+        subscribers = self._channels.get(channel)
+        if subscribers is not None:
+            subscribers.discard(session)
+            if not subscribers:
+                del self._channels[channel]
+
+    def publish(self, channel: str, data: Any) -> int:
+        """Queue ``{"channel": C, "data": D}`` for every local subscriber of ``channel``."""
+        subscribers = self._channels.get(channel)
+        if not subscribers:
+            return 0
+        # Encode once; each subscriber's buffer takes the same bytes and a full
+        # buffer marks that subscriber alone as a slow consumer.
+        encoded = orjson.dumps({"channel": channel, "data": data})
+        delivered = 0
+        for session in list(subscribers):
+            if session.enqueue(encoded):
+                delivered += 1
+        self.deliveries += delivered
+        return delivered
+
+    async def _handle_request(
+        self,
+        session: _Session,
+        message: dict[str, Any],
+        kind: str,
+        extra: Extra,
+        tg: TaskGroup,
+        limiter: anyio.Semaphore,
+    ) -> None:
+        self.requests += 1
+        request_id = message.get("id")
+        if not _valid_id(request_id):
+            self._system_error(session, f"{kind} needs an 'id' (string or number)", extra)
+            return
+        payload = message.get("payload")
+        if kind == "auth":
+            ctx = RequestContext(self, session, kind, None, request_id, extra.get("from"))
+            # Inline, not concurrent: requests sent after auth see its outcome.
+            await self._run_request(session, self.hub._auth, payload, ctx, extra, None)
+            return
+        if not isinstance(payload, dict):
+            self._error_reply(session, request_id, f"{kind} needs an object 'payload'", extra)
+            return
+        key = "resource" if kind == "query" else "action"
+        name = payload.get(key)
+        if not isinstance(name, str):
+            self._error_reply(session, request_id, f"{kind} needs a '{key}' string", extra)
+            return
+        handlers = self.hub._queries if kind == "query" else self.hub._commands
+        handler = handlers.get(name)
+        if handler is None:
+            self._error_reply(session, request_id, f"unknown {key}: {_short(name)}", extra)
+            return
+        ctx = RequestContext(self, session, kind, name, request_id, extra.get("from"))
+        await limiter.acquire()
+        tg.start_soon(
+            self._run_request, session, handler, payload.get("parameters"), ctx, extra, limiter
+        )
+
+    async def _run_request(
+        self,
+        session: _Session,
+        handler: Handler,
+        argument: Any,
+        ctx: RequestContext,
+        extra: Extra,
+        limiter: anyio.Semaphore | None,
+    ) -> None:
+        try:
+            try:
+                result = await handler(argument, ctx)
+                reply = orjson.dumps(
+                    {
+                        "id": next(self._reply_ids),
+                        "type": "response",
+                        "requestId": ctx.request_id,
+                        "payload": result,
+                        **extra,
+                    }
+                )
+            except HubError as exc:
+                self._error_reply(session, ctx.request_id, str(exc), extra)
+                return
+            except Exception:
+                # The traceback goes to the log only; never the arguments,
+                # which may be credentials.
+                logger.exception("%s handler %r failed", ctx.type, ctx.name)
+                self._error_reply(session, ctx.request_id, INTERNAL_ERROR, extra)
+                return
+            if ctx.type == "auth":
+                session.authenticated = True
+            session.enqueue(reply)
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    async def _handle_event(
+        self,
+        session: _Session,
+        message: dict[str, Any],
+        extra: Extra,
+        tg: TaskGroup,
+        limiter: anyio.Semaphore,
+    ) -> None:
+        payload = message.get("payload")
+        name = payload.get("event") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict) or not isinstance(name, str):
+            self._system_error(session, "event needs a payload with an 'event' string", extra)
+            return
+        handler = self.hub._events.get(name)
+        if handler is None:
+            logger.debug("no handler for event %r", name)
+            return
+        ctx = RequestContext(self, session, "event", name, message.get("id"), extra.get("from"))
+        await limiter.acquire()
+        tg.start_soon(self._run_event, handler, payload.get("data"), ctx, limiter)
+
+    async def _run_event(
+        self, handler: Handler, data: Any, ctx: RequestContext, limiter: anyio.Semaphore
+    ) -> None:
+        try:
+            await handler(data, ctx)
+        except Exception:
+            self.errors += 1
+            logger.exception("event handler %r failed", ctx.name)
+        finally:
+            limiter.release()
+
+    # Sending
+
+    def _send(self, session: _Session, message: dict[str, Any]) -> None:
+        session.enqueue(orjson.dumps(message))
+
+    def _error_reply(self, session: _Session, request_id: Any, error: str, extra: Extra) -> None:
+        self.errors += 1
+        reply_id = next(self._reply_ids)
+        self._send(
+            session,
+            {"id": reply_id, "type": "error", "requestId": request_id, "error": error, **extra},
+        )
+
+    def _system_error(self, session: _Session, error: str, extra: Extra) -> None:
+        self.errors += 1
+        data = {"type": "error", "message": error}
+        self._send(session, {"channel": SYSTEM_CHANNEL, "data": data, **extra})
+
+
+Extra = dict[str, Any]
+
+
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, (str, int))
+
+
+def _short(value: Any, limit: int = 64) -> str:
+    """``repr`` of a client-supplied value, truncated for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
