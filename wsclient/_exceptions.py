@@ -78,22 +78,32 @@ class ConnectionClosed(WSClientError):
     if any.
     """
 
-    def __init__(self, code: int, reason: str = "", *, sent_code: int | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        reason: str = "",
+        *,
+        sent_code: int | None = None,
+        message: str | None = None,
+    ) -> None:
         self.code = code
         self.reason = reason
         self.sent_code = sent_code
-        super().__init__(self._describe())
+        super().__init__(message or self._describe())
 
     def _describe(self) -> str:
-        text = f"connection closed: code {self.code}"
-        if self.reason:
-            text += f" ({self.reason})"
         if self.code == 1006:
-            text += " (abnormal closure, no close frame)"
+            text = "connection closed abnormally (code 1006: no close frame received)"
+        else:
+            text = f"connection closed by the server with code {self.code}"
+            if self.reason:
+                text += f": {self.reason}"
+        if self.sent_code is not None and self.sent_code != self.code:
+            text += f"; we sent code {self.sent_code}"
         return text
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.code, self.reason), {"sent_code": self.sent_code})
+        return (type(self), (self.code, self.reason), self.__dict__)
 
 
 class ConnectionClosedOK(ConnectionClosed):
@@ -116,7 +126,9 @@ class InvalidState(WSClientError):
     """The operation is not allowed in the object's current state."""
 
 
-def closed_error(code: int, reason: str, *, sent_code: int | None = None) -> ConnectionClosed:
+def closed_error(
+    code: int, reason: str, *, sent_code: int | None = None, message: str | None = None
+) -> ConnectionClosed:
     """Build the right :class:`ConnectionClosed` subclass for a close code pair."""
     cls: type[ConnectionClosed]
     if code == 1009 or sent_code == 1009:
@@ -125,4 +137,4 @@ def closed_error(code: int, reason: str, *, sent_code: int | None = None) -> Con
         cls = ConnectionClosedOK
     else:
         cls = ConnectionClosedError
-    return cls(code, reason, sent_code=sent_code)
+    return cls(code, reason, sent_code=sent_code, message=message)

@@ -21,6 +21,7 @@ written at once and never wait behind queued data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
@@ -317,10 +318,10 @@ class StreamLink(Link):
                 self._eof_requested = False
                 send_eof = getattr(self._stream, "send_eof", None)
                 if send_eof is not None:
-                    try:
+                    with contextlib.suppress(
+                        anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+                    ):
                         await send_eof()
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                        pass
 
     def _next_batch(self) -> bytes:
         batch: list[bytes] = []

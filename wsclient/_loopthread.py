@@ -46,6 +46,12 @@ class LoopThread:
             try:
                 loop.run_forever()
             finally:
+                # Tasks still running (a handler mid-close) are cancelled and
+                # awaited, so nothing is left half-finished on a closed loop.
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 

@@ -30,13 +30,11 @@ from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, PayloadTooBig
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
-from websockets.frames import Opcode
-from websockets.http11 import Response
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI, parse_uri
 
-from ._version import __version__
 from ._exceptions import (
     ConnectError,
     ConnectionClosed,
@@ -47,6 +45,7 @@ from ._exceptions import (
 )
 from ._links import AsyncioLink, Link, LinkOwner, StreamLink
 from ._redact import redact_url
+from ._version import __version__
 
 __all__ = [
     "Transport",
@@ -183,6 +182,7 @@ class WebSocketTransport(Transport, LinkOwner):
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._pings: dict[bytes, tuple[float, anyio.Event]] = {}
+        self._handshake_done = False
         self._closed = False
         self._close_cause: BaseException | None = None
         self._close_exc: ConnectionClosed | None = None
@@ -326,8 +326,9 @@ class WebSocketTransport(Transport, LinkOwner):
         for event in protocol.events_received():
             if self._close_cause is not None:
                 break  # we failed the connection: RFC 6455 7.1.7, process nothing more
-            if isinstance(event, Response):
-                continue  # the handshake; connect() inspects the protocol's state
+            if not isinstance(event, Frame):  # the handshake response
+                self._handshake_done = protocol.handshake_exc is None
+                continue
             opcode = event.opcode
             if opcode is _TEXT or opcode is _BINARY:
                 if event.fin:
@@ -426,14 +427,18 @@ class WebSocketTransport(Transport, LinkOwner):
             return self._close_exc
         protocol = self._protocol
         rcvd, sent = protocol.close_rcvd, protocol.close_sent
+        cause = self._close_cause or protocol.parser_exc
+        message = None
+        if isinstance(cause, PayloadTooBig):
+            message = f"received a message over max_size ({cause}); closed with code 1009"
+        elif rcvd is not None and rcvd.code == 1009:
+            message = f"the server refused a message as too big (code 1009) {rcvd.reason}"
         error = closed_error(
             rcvd.code if rcvd is not None else 1006,
             rcvd.reason if rcvd is not None else "",
             sent_code=sent.code if sent is not None else None,
+            message=message.rstrip() if message else None,
         )
-        cause = self._close_cause or protocol.parser_exc
-        if isinstance(cause, PayloadTooBig):
-            error.args = (f"{error.args[0]}: message too big ({cause})",)
         error.__cause__ = cause
         if self._closed:  # final: the codes cannot change any more
             self._close_exc = error
@@ -448,13 +453,13 @@ class WebSocketTransport(Transport, LinkOwner):
         await link.flush()
         protocol = self._protocol
         await link.wait_until(
-            lambda: protocol.state is not State.CONNECTING
-            or protocol.handshake_exc is not None
-            or self._closed
+            lambda: self._handshake_done or protocol.handshake_exc is not None or self._closed
         )
         if protocol.handshake_exc is not None:
             raise _handshake_error(protocol.handshake_exc, self._display_url)
-        if protocol.state is not State.OPEN:
+        # A server may accept and then close at once: that is still an open
+        # that succeeded, and the messages it sent are waiting in the inbox.
+        if not self._handshake_done:
             raise ConnectError(
                 f"connection to {self._display_url} closed during the opening handshake"
             )
@@ -642,11 +647,20 @@ async def _open_link(
             if ssl is not None:
                 from anyio.streams.tls import TLSStream
 
-                stream = await TLSStream.wrap(stream, server_hostname=hostname, ssl_context=ssl)
-        else:
+                stream = await TLSStream.wrap(
+                    stream, hostname=hostname, ssl_context=ssl, standard_compatible=False
+                )
+        elif ssl is not None:
+            # Not "standard compatible": many servers close without TLS close_notify.
             stream = await anyio.connect_tcp(
-                uri.host, uri.port, ssl_context=ssl, tls_hostname=hostname
+                uri.host,
+                uri.port,
+                ssl_context=ssl,
+                tls_hostname=hostname,
+                tls_standard_compatible=False,
             )
+        else:
+            stream = await anyio.connect_tcp(uri.host, uri.port)
         return StreamLink(transport, stream)
     except ssl_module.SSLCertVerificationError as exc:
         raise ConnectError(
