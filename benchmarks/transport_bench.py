@@ -9,7 +9,7 @@ each repetition runs every client once, each in a fresh event loop:
 * pipelined throughput: on the same connection, a sender task sends M messages
   while a receiver task receives the M echoes; msgs/s = M / elapsed.
 
-Every message is the same 100-byte JSON text made with ``orjson`` and sent as
+Every message is the same JSON text (100 bytes by default) made with ``orjson``, sent as
 ``str``. Prints a Markdown table of medians over repetitions, with ratios to the
 ``websockets`` asyncio client; ``--json PATH`` writes the raw samples too.
 
@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -60,11 +60,18 @@ Task = Callable[[], Coroutine[Any, Any, None]]
 Concurrently = Callable[[Task, Task], Awaitable[None]]
 
 
+class Measurement(NamedTuple):
+    latencies_ns: list[int]
+    latency_cpu_s: float  # client process CPU time (user + sys) for the timed round trips
+    pipelined_s: float
+    pipelined_cpu_s: float
+
+
 @dataclass(frozen=True)
 class Config:
     url: str
     payload: str
-    compression: str | None
+    compression: Literal["deflate"] | None
     warmup: int
     roundtrips: int
     messages: int
@@ -82,7 +89,9 @@ class Sample:
     p50_us: float | None = None
     p99_us: float | None = None
     mean_us: float | None = None
+    cpu_us_per_rt: float | None = None
     msgs_per_s: float | None = None
+    cpu_us_per_msg: float | None = None
     error: str | None = None
 
 
@@ -90,7 +99,7 @@ class Sample:
 class Client:
     name: str
     loop: str
-    run: Callable[[Config], tuple[list[int], float]]
+    run: Callable[[Config], Measurement]
 
     @property
     def key(self) -> str:
@@ -100,25 +109,27 @@ class Client:
 # Measurements shared by every client: only send/recv and "run two tasks" differ.
 
 
+PAYLOAD_TEMPLATE = {"type": "bench", "seq": 123456, "ts": 1700000000.123, "pad": ""}
+MIN_SIZE = len(orjson.dumps(PAYLOAD_TEMPLATE))
+
+
 def make_payload(size: int) -> str:
     """A JSON object of exactly ``size`` bytes, padded with seeded random letters.
 
     Random letters rather than one repeated character, so that the compressed
     row isn't flattered by a payload that deflates to nothing.
     """
-    template = {"type": "bench", "seq": 123456, "ts": 1700000000.123, "pad": ""}
-    pad = size - len(orjson.dumps(template))
-    if pad < 0:
-        raise ValueError(f"--size must be at least {size - pad}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE}")
     rng = random.Random(size)
-    template["pad"] = "".join(rng.choices(string.ascii_letters, k=pad))
-    payload = orjson.dumps(template).decode()
+    pad = "".join(rng.choices(string.ascii_letters, k=size - MIN_SIZE))
+    payload = orjson.dumps({**PAYLOAD_TEMPLATE, "pad": pad}).decode()
     assert len(payload.encode()) == size
     return payload
 
 
-async def measure_latency(send: Send, recv: Recv, cfg: Config) -> list[int]:
-    """Sequential round trips; returns nanoseconds per round trip."""
+async def measure_latency(send: Send, recv: Recv, cfg: Config) -> tuple[list[int], float]:
+    """Sequential round trips; returns nanoseconds per round trip and CPU seconds."""
     payload = cfg.payload
     echo = None
     for _ in range(cfg.warmup):
@@ -128,18 +139,19 @@ async def measure_latency(send: Send, recv: Recv, cfg: Config) -> list[int]:
         raise RuntimeError(f"echo mismatch: sent {payload!r}, got {echo!r}")
     clock = time.perf_counter_ns
     samples = [0] * cfg.roundtrips
+    cpu = time.process_time()
     for i in range(cfg.roundtrips):
         start = clock()
         await send(payload)
         await recv()
         samples[i] = clock() - start
-    return samples
+    return samples, time.process_time() - cpu
 
 
 async def measure_pipelined(
     send: Send, recv: Recv, concurrently: Concurrently, cfg: Config
-) -> float:
-    """One sender and one receiver on one connection; returns seconds for M echoes."""
+) -> tuple[float, float]:
+    """One sender and one receiver on one connection; returns seconds and CPU seconds."""
     payload = cfg.payload
     count = cfg.messages
     last: list[Any] = [None]
@@ -154,12 +166,14 @@ async def measure_pipelined(
             message = await recv()
         last[0] = message
 
+    cpu = time.process_time()
     start = time.perf_counter()
     await concurrently(sender, receiver)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     if last[0] != payload:
         raise RuntimeError(f"echo mismatch: sent {payload!r}, got {last[0]!r}")
-    return elapsed
+    return elapsed, cpu
 
 
 # websockets' own clients: the reference.
@@ -169,26 +183,26 @@ async def asyncio_gather(a: Task, b: Task) -> None:
     await asyncio.gather(a(), b())
 
 
-async def websockets_asyncio_session(cfg: Config) -> tuple[list[int], float]:
+async def websockets_asyncio_session(cfg: Config) -> Measurement:
     from websockets.asyncio.client import connect
 
     async with connect(cfg.url, compression=cfg.compression) as ws:
-        latencies = await measure_latency(ws.send, ws.recv, cfg)
-        elapsed = await measure_pipelined(ws.send, ws.recv, asyncio_gather, cfg)
-    return latencies, elapsed
+        latency = await measure_latency(ws.send, ws.recv, cfg)
+        pipelined = await measure_pipelined(ws.send, ws.recv, asyncio_gather, cfg)
+    return Measurement(*latency, *pipelined)
 
 
-def run_websockets_asyncio(cfg: Config) -> tuple[list[int], float]:
+def run_websockets_asyncio(cfg: Config) -> Measurement:
     return asyncio.run(asyncio.wait_for(websockets_asyncio_session(cfg), cfg.timeout))
 
 
-def run_websockets_uvloop(cfg: Config) -> tuple[list[int], float]:
+def run_websockets_uvloop(cfg: Config) -> Measurement:
     import uvloop
 
     return uvloop.run(asyncio.wait_for(websockets_asyncio_session(cfg), cfg.timeout))
 
 
-def run_websockets_trio(cfg: Config) -> tuple[list[int], float]:
+def run_websockets_trio(cfg: Config) -> Measurement:
     import trio
     from websockets.trio.client import connect
 
@@ -197,12 +211,12 @@ def run_websockets_trio(cfg: Config) -> tuple[list[int], float]:
             nursery.start_soon(a)
             nursery.start_soon(b)
 
-    async def session() -> tuple[list[int], float]:
+    async def session() -> Measurement:
         with trio.fail_after(cfg.timeout):
             async with connect(cfg.url, compression=cfg.compression) as ws:
-                latencies = await measure_latency(ws.send, ws.recv, cfg)
-                elapsed = await measure_pipelined(ws.send, ws.recv, both, cfg)
-        return latencies, elapsed
+                latency = await measure_latency(ws.send, ws.recv, cfg)
+                pipelined = await measure_pipelined(ws.send, ws.recv, both, cfg)
+        return Measurement(*latency, *pipelined)
 
     return trio.run(session)
 
@@ -210,7 +224,7 @@ def run_websockets_trio(cfg: Config) -> tuple[list[int], float]:
 # The floor: what the server and the kernel cost, with next to no client.
 
 
-def run_raw_socket(cfg: Config) -> tuple[list[int], float]:
+def run_raw_socket(cfg: Config) -> Measurement:
     """Blocking socket, precomputed masked frame, echo counted in bytes, not parsed.
 
     What a client can't go below on this machine: p50 minus this row is the
@@ -253,10 +267,12 @@ def run_raw_socket(cfg: Config) -> tuple[list[int], float]:
             roundtrip()
         clock = time.perf_counter_ns
         latencies = [0] * cfg.roundtrips
+        latency_cpu = time.process_time()
         for i in range(cfg.roundtrips):
             start = clock()
             roundtrip()
             latencies[i] = clock() - start
+        latency_cpu = time.process_time() - latency_cpu
 
         def sender() -> None:
             for _ in range(cfg.messages):
@@ -264,6 +280,7 @@ def run_raw_socket(cfg: Config) -> tuple[list[int], float]:
 
         expected = echo_size * cfg.messages
         received = 0
+        pipelined_cpu = time.process_time()
         start_s = time.perf_counter()
         thread = threading.Thread(target=sender)
         thread.start()
@@ -276,7 +293,8 @@ def run_raw_socket(cfg: Config) -> tuple[list[int], float]:
         finally:
             thread.join()
         elapsed = time.perf_counter() - start_s
-    return latencies, elapsed
+        pipelined_cpu = time.process_time() - pipelined_cpu
+    return Measurement(latencies, latency_cpu, elapsed, pipelined_cpu)
 
 
 # wsclient's transport, through anyio on every backend.
@@ -290,7 +308,7 @@ async def anyio_task_group(a: Task, b: Task) -> None:
         tg.start_soon(b)
 
 
-async def wsclient_session(cfg: Config) -> tuple[list[int], float]:
+async def wsclient_session(cfg: Config) -> Measurement:
     import anyio
 
     from wsclient import connect_transport
@@ -298,19 +316,19 @@ async def wsclient_session(cfg: Config) -> tuple[list[int], float]:
     with anyio.fail_after(cfg.timeout):
         transport = await connect_transport(cfg.url, compression=cfg.compression)
         try:
-            latencies = await measure_latency(transport.send, transport.receive, cfg)
-            elapsed = await measure_pipelined(
+            latency = await measure_latency(transport.send, transport.receive, cfg)
+            pipelined = await measure_pipelined(
                 transport.send, transport.receive, anyio_task_group, cfg
             )
         finally:
             await transport.aclose()
-    return latencies, elapsed
+    return Measurement(*latency, *pipelined)
 
 
 def wsclient_runner(
     backend: str, options: dict[str, Any] | None = None
-) -> Callable[[Config], tuple[list[int], float]]:
-    def run(cfg: Config) -> tuple[list[int], float]:
+) -> Callable[[Config], Measurement]:
+    def run(cfg: Config) -> Measurement:
         import anyio
 
         return anyio.run(wsclient_session, cfg, backend=backend, backend_options=options)
@@ -447,11 +465,11 @@ def percentile(ordered: Sequence[int], q: float) -> int:
 def run_one(client: Client, cfg: Config, rep: int) -> Sample:
     gc.collect()
     try:
-        latencies, elapsed = client.run(cfg)
+        result = client.run(cfg)
     except Exception as exc:
         traceback.print_exc()
         return Sample(client.name, client.loop, cfg.compression, rep, error=repr(exc))
-    latencies.sort()
+    latencies = sorted(result.latencies_ns)
     return Sample(
         client.name,
         client.loop,
@@ -460,8 +478,13 @@ def run_one(client: Client, cfg: Config, rep: int) -> Sample:
         p50_us=percentile(latencies, 0.50) / 1000,
         p99_us=percentile(latencies, 0.99) / 1000,
         mean_us=statistics.fmean(latencies) / 1000,
-        msgs_per_s=cfg.messages / elapsed,
+        cpu_us_per_rt=result.latency_cpu_s * 1e6 / cfg.roundtrips,
+        msgs_per_s=cfg.messages / result.pipelined_s,
+        cpu_us_per_msg=result.pipelined_cpu_s * 1e6 / cfg.messages,
     )
+
+
+FIELDS = ("p50_us", "p99_us", "mean_us", "cpu_us_per_rt", "msgs_per_s", "cpu_us_per_msg")
 
 
 def summarize(samples: list[Sample]) -> list[dict[str, Any]]:
@@ -480,7 +503,7 @@ def summarize(samples: list[Sample]) -> list[dict[str, Any]]:
             "errors": len(group) - len(ok),
         }
         if ok:
-            for field in ("p50_us", "p99_us", "mean_us", "msgs_per_s"):
+            for field in FIELDS:
                 values = [getattr(s, field) for s in ok]
                 row[field] = statistics.median(values)
                 row[f"{field}_spread"] = (max(values) - min(values)) / row[field]
@@ -500,25 +523,29 @@ def summarize(samples: list[Sample]) -> list[dict[str, Any]]:
         if reference is not None and "p50_us" in row:
             row["latency_ratio"] = row["p50_us"] / reference["p50_us"]
             row["throughput_ratio"] = row["msgs_per_s"] / reference["msgs_per_s"]
+            row["cpu_per_rt_ratio"] = row["cpu_us_per_rt"] / reference["cpu_us_per_rt"]
+            row["cpu_per_msg_ratio"] = row["cpu_us_per_msg"] / reference["cpu_us_per_msg"]
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     header = (
-        "| client | loop | compression | p50 µs | p99 µs | latency ratio "
-        "| msgs/s | throughput ratio | reps |"
+        "| client | loop | compression | p50 µs | p99 µs | latency ratio | CPU µs/rt "
+        "| msgs/s | throughput ratio | CPU µs/msg | reps |"
     )
-    lines = [header, "|" + "---|" * 3 + "---:|" * 6]
+    lines = [header, "|" + "---|" * 3 + "---:|" * 8]
     for row in rows:
         if "p50_us" not in row:
-            cells = ["failed"] * 5
+            cells = ["failed"] * 7
         else:
             cells = [
                 f"{row['p50_us']:.1f}",
                 f"{row['p99_us']:.1f}",
                 f"{row['latency_ratio']:.2f}" if "latency_ratio" in row else "n/a",
+                f"{row['cpu_us_per_rt']:.1f}",
                 f"{row['msgs_per_s']:,.0f}",
                 f"{row['throughput_ratio']:.2f}" if "throughput_ratio" in row else "n/a",
+                f"{row['cpu_us_per_msg']:.1f}",
             ]
         reps = f"{row['reps']}" + (f" ({row['errors']} failed)" if row["errors"] else "")
         compression = row["compression"] or "off"
@@ -552,21 +579,30 @@ def environment(pinning: list[str]) -> dict[str, Any]:
     }
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Round-trip latency and pipelined throughput of wsclient vs websockets."
     )
-    parser.add_argument("--repeat", type=int, default=5, help="repetitions (default 5)")
+    parser.add_argument("--repeat", type=positive, default=5, help="repetitions (default 5)")
     parser.add_argument(
-        "--roundtrips", type=int, default=20_000, help="timed round trips (default 20,000)"
+        "--roundtrips", type=positive, default=20_000, help="timed round trips (default 20,000)"
     )
     parser.add_argument(
         "--warmup", type=int, default=1_000, help="untimed round trips first (default 1,000)"
     )
     parser.add_argument(
-        "--messages", type=int, default=60_000, help="pipelined messages (default 60,000)"
+        "--messages", type=positive, default=60_000, help="pipelined messages (default 60,000)"
     )
-    parser.add_argument("--size", type=int, default=100, help="message size in bytes (default 100)")
+    parser.add_argument(
+        "--size", type=positive, default=100, help="message size in bytes (default 100)"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -587,6 +623,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write raw results to PATH")
     args = parser.parse_args(argv)
+    if args.size < MIN_SIZE:
+        parser.error(f"--size must be at least {MIN_SIZE} (the JSON without padding)")
     if args.quick:
         args.roundtrips, args.warmup, args.messages, args.repeat = 2_000, 200, 5_000, 2
     return args
@@ -603,7 +641,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             known = ", ".join(client.key for client in clients)
             sys.exit(f"unknown or unavailable clients: {', '.join(sorted(unknown))} (have {known})")
         clients = [client for client in clients if client.key in wanted]
-    compressions: list[str | None] = [None, "deflate"] if args.compression else [None]
+    compressions: list[Literal["deflate"] | None] = [None]
+    if args.compression:
+        compressions.append("deflate")
 
     command, server_pinning = server_command(args.compression, not args.no_pin)
     client_pinning = pin_client(not args.no_pin)
@@ -682,7 +722,8 @@ def progress(sample: Sample) -> str:
         return f"{name}: FAILED {sample.error}"
     return (
         f"{name}: p50 {sample.p50_us:.1f} µs, p99 {sample.p99_us:.1f} µs, "
-        f"{sample.msgs_per_s:,.0f} msgs/s"
+        f"{sample.cpu_us_per_rt:.1f} CPU µs/rt, {sample.msgs_per_s:,.0f} msgs/s, "
+        f"{sample.cpu_us_per_msg:.1f} CPU µs/msg"
     )
 
 

@@ -400,26 +400,51 @@ async def test_pending_receive_cancelled_then_message_arrives() -> None:
 
 async def test_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
     """With a full inbound buffer reading pauses, and every message is still delivered."""
+    filler = "z" * 1000
 
     async def flood(ws: ServerConnection) -> None:
         await ws.recv()
         for i in range(500):
-            await ws.send(f"m{i}")
+            await ws.send(f"{i} {filler}")
         await ws.send("end")
         await ws.wait_closed()
 
     async with (
-        running_server(flood) as server,
-        await connect_transport(server.url, max_queue=8) as transport,
+        running_server(flood, compression=None) as server,
+        await connect_transport(server.url, max_queue=8, compression=None) as transport,
     ):
         await transport.send("go")
-        await transport.ping()  # gives the flood time to fill our buffer
-        assert transport.statistics().messages_buffered <= 8 + 64
+        # Wait, without consuming, until the buffer filled and reading paused.
+        assert transport._link is not None
+        with anyio.fail_after(10):
+            await transport._link.wait_until(lambda: transport.statistics().read_pauses > 0)
+        assert 8 <= transport.statistics().messages_buffered < 500
         received = []
         while (message := await transport.receive()) != "end":
             received.append(message)
-        assert received == [f"m{i}" for i in range(500)]
-        assert transport.statistics().read_pauses > 0
+        assert received == [f"{i} {filler}" for i in range(500)]
+
+
+async def test_ping_answered_while_the_inbound_buffer_is_full() -> None:
+    """A ping completes even when nobody consumes and the buffer is full."""
+
+    async def flood(ws: ServerConnection) -> None:
+        await ws.recv()
+        for i in range(300):
+            await ws.send(str(i) * 200)
+        await ws.wait_closed()
+
+    async with (
+        running_server(flood, compression=None) as server,
+        await connect_transport(server.url, max_queue=4, compression=None) as transport,
+    ):
+        await transport.send("go")
+        assert transport._link is not None
+        with anyio.fail_after(10):
+            await transport._link.wait_until(lambda: transport.statistics().read_pauses > 0)
+            assert await transport.ping() > 0
+        for i in range(300):
+            assert await transport.receive() == str(i) * 200
 
 
 async def test_compression_negotiated_by_default_and_can_be_disabled() -> None:

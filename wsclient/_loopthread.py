@@ -9,6 +9,7 @@ through :meth:`LoopThread.run`, which any anyio backend can await.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -62,7 +63,9 @@ class LoopThread:
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         """Schedule ``coro`` on the loop; return a thread-safe future."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        # A fresh context: the caller's may say (through sniffio) that trio is
+        # running, and anyio code on this loop would then pick the wrong backend.
+        return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, self.loop)
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and await its result from any anyio backend."""

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 
 import anyio
 import anyio.abc
@@ -61,6 +61,9 @@ USER_AGENT = f"wsclient/{__version__}"
 
 _TEXT, _BINARY, _CONT, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
 _CONTROL_OPCODES = frozenset({0x9, 0xA})  # ping, pong: may overtake queued data
+
+
+_TransportT = TypeVar("_TransportT", bound="Transport")
 
 
 class TransportState(enum.Enum):
@@ -135,7 +138,7 @@ class Transport(ABC):
     def statistics(self) -> TransportStatistics:
         """A snapshot of this transport's counters."""
 
-    async def __aenter__(self) -> Transport:
+    async def __aenter__(self: _TransportT) -> _TransportT:
         return self
 
     async def __aexit__(
@@ -259,12 +262,16 @@ class WebSocketTransport(Transport, LinkOwner):
 
     async def receive(self) -> str | bytes:
         inbox = self._inbox
-        if not inbox:
+        while not inbox:
             link = self._require_link()
-            await link.wait_until(self._receivable)
-            if not inbox:
-                await self._finish_closing()
+            if self._closed:
                 raise self._closed_exception()
+            if self._protocol.state is State.OPEN:
+                await link.wait_until(self._receivable)
+            else:
+                # Closing: messages sent before the server's close frame may
+                # still come in; otherwise wait for the end, bounded.
+                await self._finish_closing()
         message = inbox.popleft()
         if len(inbox) == self._low_water and self._link is not None:
             self._link.resume_reading()
@@ -278,6 +285,8 @@ class WebSocketTransport(Transport, LinkOwner):
             data = os.urandom(4)
             while data in self._pings:
                 data = os.urandom(4)
+        elif len(data) > 125:  # RFC 6455 5.5: control frame payloads fit in 125 bytes
+            raise ValueError("a ping payload is at most 125 bytes")
         elif data in self._pings:
             raise InvalidState("a ping with this payload is already waiting for its pong")
         arrived = anyio.Event()
@@ -286,6 +295,7 @@ class WebSocketTransport(Transport, LinkOwner):
         protocol.send_ping(data)
         self._pings_sent += 1
         link = self._require_link()
+        link.resume_reading()
         try:
             self._write_output(link)
             if link.backlogged:
@@ -300,6 +310,7 @@ class WebSocketTransport(Transport, LinkOwner):
         return rtt
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        check_close(code, reason)
         link = self._link
         if link is None or self._closed:
             return
@@ -347,7 +358,9 @@ class WebSocketTransport(Transport, LinkOwner):
         link = self._link
         if link is not None:
             self._write_output(link)
-            if len(inbox) >= self._high_water:
+            # A waiting ping keeps reading going: the heartbeat measures the
+            # link, and a slow consumer must not look like a dead server.
+            if len(inbox) >= self._high_water and not self._pings:
                 self._read_pauses += 1
                 link.pause_reading()
 
@@ -385,8 +398,11 @@ class WebSocketTransport(Transport, LinkOwner):
 
     def _pong_received(self, data: bytes) -> None:
         self._pongs_received += 1
-        # RFC 6455 5.5.3: a pong answers its ping and every earlier one.
-        for payload, (_, arrived) in list(self._pings.items()):
+        # RFC 6455 5.5.3: a pong answers its ping and every earlier one; an
+        # unsolicited pong answers nothing (it must not fake liveness).
+        if data not in self._pings:
+            return
+        for payload, (_, arrived) in self._pings.items():
             arrived.set()
             if payload == data:
                 break
@@ -415,12 +431,13 @@ class WebSocketTransport(Transport, LinkOwner):
 
     async def _finish_closing(self) -> None:
         """Wait (bounded) for the server to close TCP once the close handshake is done."""
-        if self._closed or self._link is None:
+        link = self._require_link()
+        if self._closed:
             return
         with anyio.move_on_after(self._close_timeout):
-            await self._link.wait_until(lambda: self._closed)
-        if not self._closed:
-            await self._link.abort()
+            await link.wait_until(lambda: self._closed or bool(self._inbox))
+        if not self._closed and not self._inbox:
+            await link.abort()
 
     def _closed_exception(self) -> ConnectionClosed:
         if self._close_exc is not None:
@@ -464,6 +481,20 @@ class WebSocketTransport(Transport, LinkOwner):
                 f"connection to {self._display_url} closed during the opening handshake"
             )
 
+
+def check_close(code: int, reason: str) -> None:
+    """Reject a close code or reason that RFC 6455 does not allow us to send."""
+    # 7.4.1/7.4.2: 1004-1006 and 1015 are reserved, 1000-2999 are the
+    # protocol's own, 3000-4999 are for libraries and applications.
+    if not (code in _SENDABLE_CODES or 3000 <= code <= 4999):
+        raise ValueError(f"close code {code} cannot be sent (use 1000-1014 or 3000-4999)")
+    if len(reason.encode()) > 123:  # 5.5: 125-byte payload, 2 of them for the code
+        raise ValueError("a close reason is at most 123 bytes of UTF-8")
+
+
+_SENDABLE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
 
 _STATES = {
     State.CONNECTING: TransportState.CONNECTING,

@@ -318,13 +318,17 @@ class Hub:
         ``in_thread`` chooses where the asyncio server runs: ``None`` (default)
         uses the current loop on asyncio and a private loop thread on any other
         backend; ``True`` always uses a loop thread, which keeps the server
-        responsive while the caller's asyncio loop is blocked.
+        responsive while the caller's asyncio loop is blocked; ``False`` requires
+        asyncio.
 
         On exit, every connection is closed with code 1001 (going away), the
         server stops listening and the loop thread, if any, is stopped.
         """
+        on_asyncio = sniffio.current_async_library() == "asyncio"
         if in_thread is None:
-            in_thread = sniffio.current_async_library() != "asyncio"
+            in_thread = not on_asyncio
+        elif not in_thread and not on_asyncio:
+            raise RuntimeError("in_thread=False needs an asyncio event loop")
         runtime = _Runtime(self)
         if not in_thread:
             await runtime.start(host, port)
@@ -338,12 +342,12 @@ class Hub:
         loop_thread = LoopThread(name="wsclient-hub")
         loop_thread.start()
         try:
-            await loop_thread.run(runtime.start(host, port))
+            await _run_in_thread(loop_thread, runtime.start(host, port))
             try:
                 yield HubServer(runtime, loop_thread)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await loop_thread.run(runtime.aclose())
+                    await _run_in_thread(loop_thread, runtime.aclose())
         finally:
             loop_thread.stop()
 
@@ -391,9 +395,7 @@ class HubServer:
             f"messages_sent={stats.messages_sent} errors={stats.errors}>"
         )
 
-    async def close_connections(
-        self, code: int = CloseCode.GOING_AWAY, reason: str = ""
-    ) -> None:
+    async def close_connections(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Close every client connection with ``code`` and ``reason``; keep listening.
 
         Returns once the connections are closed. A client that does not answer
@@ -422,7 +424,12 @@ class HubServer:
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._loop_thread is None:
             return await coro
-        return await self._loop_thread.run(coro)
+        return await _run_in_thread(self._loop_thread, coro)
+
+
+async def _run_in_thread(loop_thread: LoopThread, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on ``loop_thread``'s asyncio loop from any backend."""
+    return await loop_thread.run(coro)
 
 
 class _Session:
@@ -437,9 +444,9 @@ class _Session:
         self.queued_bytes = 0
         self.overflowed = anyio.Event()
         self.closing = False
-        send, receive = anyio.create_memory_object_stream[bytes](
-            runtime.hub.max_queued_messages
-        )
+        #: Set once the connection's handler has finished and forgotten it.
+        self.done = anyio.Event()
+        send, receive = anyio.create_memory_object_stream[bytes](runtime.hub.max_queued_messages)
         self.send_stream: MemoryObjectSendStream[bytes] = send
         self.receive_stream: MemoryObjectReceiveStream[bytes] = receive
 
@@ -536,9 +543,13 @@ class _Runtime:
         logger.debug("hub on %s:%d closed", self.host, self.port)
 
     async def close_connections(self, code: int, reason: str) -> None:
+        sessions = list(self._sessions)
         async with anyio.create_task_group() as tg:
-            for session in list(self._sessions):
+            for session in sessions:
                 tg.start_soon(self._close_session, session, code, reason)
+        # Return once the handlers are done, so statistics() no longer counts them.
+        for session in sessions:
+            await session.done.wait()
 
     async def abort_connections(self) -> None:
         sessions = list(self._sessions)
@@ -546,7 +557,7 @@ class _Runtime:
             session.closing = True
             session.ws.transport.abort()
         for session in sessions:
-            await session.ws.wait_closed()
+            await session.done.wait()
 
     async def _close_session(self, session: _Session, code: int, reason: str) -> None:
         """Close with a handshake bounded by ``close_timeout``, then abort."""
@@ -587,6 +598,7 @@ class _Runtime:
                 self._unsubscribe(session, channel)
             session.send_stream.close()
             session.receive_stream.close()
+            session.done.set()
             logger.debug("connection %s closed (code %s)", ws.id, ws.close_code)
 
     async def _write(self, session: _Session) -> None:
