@@ -499,3 +499,12 @@ async def test_transport_used_without_connecting_is_invalid() -> None:
         await transport.send("x")
     with pytest.raises(InvalidState):
         await transport.receive()
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": True})])
+async def test_works_on_uvloop(anyio_backend: object) -> None:
+    """On uvloop (whose transports do not subclass asyncio's) the fast path works."""
+    async with running_server() as server, await connect_transport(server.url) as transport:
+        await transport.send("on uvloop")
+        assert await transport.receive() == "on uvloop"
+        assert await transport.ping() > 0

@@ -4,6 +4,7 @@ Each verb is one ``_add_<verb>`` function that declares its sub-parser and sets
 ``handler`` to a ``_run_<verb>(args) -> int`` function; :func:`main` dispatches.
 
 - ``serve``: run the reference Hub until Ctrl-C.
+- ``demo``: show the SDK at work against an embedded Hub.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     verbs = parser.add_subparsers(dest="verb", metavar="<command>")
     _add_serve(verbs)
+    _add_demo(verbs)
     return parser
 
 
@@ -57,6 +59,28 @@ def _run_serve(args: argparse.Namespace) -> int:
         anyio.run(serve_forever)
     except KeyboardInterrupt:
         logger.info("stopped")
+    return 0
+
+
+def _add_demo(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = verbs.add_parser(
+        "demo",
+        help="show the SDK at work against an embedded Hub",
+        description="Start an embedded Hub and narrate a client using it. Needs no network.",
+    )
+    demo.add_argument(
+        "--backend", choices=["asyncio", "trio"], default="asyncio", help="event loop to use"
+    )
+    demo.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from wsclient._demo import run_demo
+
+    try:
+        anyio.run(run_demo, backend=args.backend)
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -16,10 +16,12 @@ import logging
 import os
 import socket
 import ssl as ssl_module
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Literal, TypeVar
 
@@ -290,7 +292,7 @@ class WebSocketTransport(Transport, LinkOwner):
         elif data in self._pings:
             raise InvalidState("a ping with this payload is already waiting for its pong")
         arrived = anyio.Event()
-        sent_at = anyio.current_time()
+        sent_at = time.perf_counter()  # loop clocks can tick in ms (uvloop)
         self._pings[data] = (sent_at, arrived)
         protocol.send_ping(data)
         self._pings_sent += 1
@@ -305,7 +307,7 @@ class WebSocketTransport(Transport, LinkOwner):
             self._pings.pop(data, None)
         if not arrived.is_set():
             raise self._closed_exception()
-        rtt = anyio.current_time() - sent_at
+        rtt = time.perf_counter() - sent_at
         self._last_rtt = rtt
         return rtt
 
@@ -531,10 +533,7 @@ def _retry_after(headers: Headers) -> float | None:
     except ValueError:
         pass
     try:
-        from email.utils import parsedate_to_datetime
-        from time import time
-
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
