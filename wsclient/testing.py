@@ -34,7 +34,6 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import anyio
 
@@ -43,7 +42,6 @@ from ._transport import Transport, TransportState, TransportStatistics
 
 __all__ = ["MemoryTransport"]
 
-_T = TypeVar("_T", bound="MemoryTransport")
 
 # RFC 6455 7.4.1 and 7.4.2: codes an endpoint may put in a close frame
 # (the same set websockets accepts in send_close()).
@@ -310,10 +308,6 @@ class MemoryTransport(Transport):
         if self._closed:
             state += f" code={self.close_code}"
         return f"<MemoryTransport {self._side} {state}>"
-
-    async def __aenter__(self: _T) -> _T:
-        # Narrower than Transport.__aenter__ so `async with` keeps the fault methods.
-        return self
 
     async def send(self, data: str | bytes, *, text: bool | None = None) -> None:
         """Send one message; wait while the peer's buffer is full.
