@@ -611,3 +611,41 @@ async def test_cli_serve_runs_until_ctrl_c() -> None:
                 stderr += chunk
     assert returncode == 0, stderr.decode()
     assert b"Traceback" not in stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stuck", ["auth", "limiter"])
+async def test_shutdown_is_bounded_when_a_handler_never_returns(stuck: str) -> None:
+    """Leaving serve() finishes even while an auth handler or every request slot hangs."""
+    hub = Hub(close_timeout=0.2, max_concurrent_requests=1)
+
+    @hub.on_auth
+    async def never_authenticates(credentials: Any, ctx: RequestContext) -> Any:
+        await anyio.sleep_forever()
+
+    @hub.on_query("forever")
+    async def forever(parameters: Any, ctx: RequestContext) -> Any:
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with serve(hub) as server, connect(server.url) as client:
+            if stuck == "auth":
+                await client.send_json({"id": 1, "type": "auth", "payload": {"token": "x"}})
+            else:  # the first request holds the only slot; the second blocks the reader
+                for request_id in (1, 2):
+                    await client.send_json(
+                        {"id": request_id, "type": "query", "payload": {"resource": "forever"}}
+                    )
+            await client.send_json({"type": "ping"})
+
+
+@pytest.mark.anyio
+async def test_unhashable_type_gets_system_error() -> None:
+    """A JSON array or object as "type" is an unknown type, not a crash."""
+    async with serve() as server, connect(server.url) as client:
+        await client.send_json({"type": ["query"]})
+        assert (await client.recv_json())["data"]["type"] == "error"
+        await client.send_json({"type": {"a": 1}})
+        assert (await client.recv_json())["data"]["type"] == "error"
+        await client.send_json({"type": "ping"})
+        assert await client.recv_json() == {"type": "pong"}

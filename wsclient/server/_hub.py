@@ -432,6 +432,12 @@ async def _run_in_thread(loop_thread: LoopThread, coro: Coroutine[Any, Any, T]) 
     return await loop_thread.run(coro)
 
 
+def _stop_tasks(session: _Session) -> None:
+    """Cancel a closed connection's handlers: one blocked forever must not block shutdown."""
+    if session.tasks is not None:
+        session.tasks.cancel()
+
+
 class _Session:
     """One client connection: its outgoing buffer, subscriptions and state."""
 
@@ -446,6 +452,9 @@ class _Session:
         self.closing = False
         #: Set once the connection's handler has finished and forgotten it.
         self.done = anyio.Event()
+        #: The connection's task group scope, cancelled once its socket is
+        #: closed so that a stuck handler cannot hold up shutdown.
+        self.tasks: anyio.CancelScope | None = None
         send, receive = anyio.create_memory_object_stream[bytes](runtime.hub.max_queued_messages)
         self.send_stream: MemoryObjectSendStream[bytes] = send
         self.receive_stream: MemoryObjectReceiveStream[bytes] = receive
@@ -556,6 +565,7 @@ class _Runtime:
         for session in sessions:
             session.closing = True
             session.ws.transport.abort()
+            _stop_tasks(session)
         for session in sessions:
             await session.done.wait()
 
@@ -568,6 +578,7 @@ class _Runtime:
         if ws.state is not State.CLOSED:
             ws.transport.abort()
             await ws.wait_closed()
+        _stop_tasks(session)
 
     # One connection
 
@@ -583,6 +594,7 @@ class _Runtime:
         limiter = anyio.Semaphore(self.hub.max_concurrent_requests)
         try:
             async with anyio.create_task_group() as tg:
+                session.tasks = tg.cancel_scope
                 tg.start_soon(self._write, session)
                 tg.start_soon(self._watch_overflow, session)
                 try:
@@ -638,7 +650,7 @@ class _Runtime:
         kind = message.get("type")
         if kind == "ping":
             self._send(session, {"type": "pong", **extra})
-        elif kind in REQUEST_TYPES:
+        elif isinstance(kind, str) and kind in REQUEST_TYPES:  # a list is unhashable
             await self._handle_request(session, message, kind, extra, tg, limiter)
         elif kind == "event":
             await self._handle_event(session, message, extra, tg, limiter)
