@@ -9,7 +9,7 @@ chained with ``raise ... from original`` so the cause stays visible::
     ├── ConnectError                  refused, DNS, TLS, handshake rejected (.status)
     │   └── ConnectTimeout            the opening handshake took too long
     ├── ConnectionClosed              (.code, .reason, .rcvd, .sent)
-    │   ├── ConnectionClosedOK        both sides closed with 1000 or 1001
+    │   ├── ConnectionClosedOK        both sides closed with 1000, 1001 or no status (1005)
     │   └── ConnectionClosedError     anything else: abrupt death, protocol error...
     │       └── MessageTooBig         a message exceeded a size limit (close code 1009)
     ├── ProtocolError                 the peer broke the WebSocket or message protocol
@@ -34,8 +34,9 @@ __all__ = [
     "WSClientError",
 ]
 
-# RFC 6455 7.4.1: codes that mean the connection ended as intended.
-OK_CLOSE_CODES = frozenset({1000, 1001})
+# RFC 6455 7.4.1: codes that mean the connection ended as intended; 1005
+# (7.1.5) is what an empty close frame, a close without a status, reads as.
+OK_CLOSE_CODES = frozenset({1000, 1001, 1005})
 
 
 class WSClientError(Exception):
@@ -107,7 +108,7 @@ class ConnectionClosed(WSClientError):
 
 
 class ConnectionClosedOK(ConnectionClosed):
-    """The connection was closed normally (codes 1000 or 1001 both ways)."""
+    """The connection was closed normally (1000, 1001 or no status code, both ways)."""
 
 
 class ConnectionClosedError(ConnectionClosed):

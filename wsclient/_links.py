@@ -5,17 +5,20 @@ bytes. There are two, chosen by the running event loop:
 
 * :class:`AsyncioLink` is an :class:`asyncio.Protocol`. The loop pushes
   received bytes into the transport from ``data_received`` and writes go
-  straight to the asyncio transport: no stream wrapper, no task and no extra
-  loop pass per message, which is what makes the asyncio path fast.
+  to the asyncio transport: no stream wrapper, no task and no extra loop pass
+  per message, which is what makes the asyncio path fast. Data frames sent in
+  one burst are written together, in one system call, before the loop next
+  waits for I/O (see :meth:`AsyncioLink.queue`).
 * :class:`StreamLink` runs over any anyio byte stream (trio, or asyncio when a
   stream is all we have). It is pull-based, like httpcore's HTTP/2 connection:
   whichever task needs inbound data (``receive``, ``ping``, ``aclose``) reads
-  one chunk under a lock and feeds the protocol for everyone, so the link
-  needs no background task of its own.
+  one chunk and feeds the protocol for everyone, so the link needs no
+  background task of its own. Likewise one task at a time writes, and it
+  writes what the other tasks queue meanwhile.
 
 Both apply backpressure the same way: data frames wait while the socket's
-buffer is over its high-water mark; control frames (ping, pong, close) are
-written at once and never wait behind queued data.
+buffer is over its high-water mark; ping and pong frames are written at once
+and never wait behind queued data. Close frames keep their place after data.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ __all__ = ["AsyncioLink", "Link", "LinkOwner", "StreamLink"]
 # frame queued behind data waits for at most one such batch.
 WRITE_BATCH = 64 * 1024
 READ_CHUNK = 64 * 1024
+# Data frames the asyncio link holds before writing them at once, in bytes.
+CORK_LIMIT = 16 * 1024
 
 
 class LinkOwner(ABC):
@@ -108,6 +113,11 @@ class AsyncioLink(asyncio.Protocol, Link):
         self._waiters: list[asyncio.Future[None]] = []
         self._write_paused = False
         self._pending: deque[bytes] = deque()  # data held back while writing is paused
+        self._cork: list[bytes] = []  # data of the current burst, written together
+        self._cork_size = 0
+        self._uncork_scheduled = False
+        # A data frame went out since a task last waited or _uncork_soon ran.
+        self._burst = False
         self._drained: list[asyncio.Future[None]] = []
         self._reading_paused = False
         self._lost_future: asyncio.Future[None] = self._loop.create_future()
@@ -133,6 +143,8 @@ class AsyncioLink(asyncio.Protocol, Link):
         if not self._lost_future.done():
             self._lost_future.set_result(None)
         self._pending.clear()
+        self._cork.clear()
+        self._cork_size = 0
         self._release(self._drained)
         self.wake()
 
@@ -163,6 +175,9 @@ class AsyncioLink(asyncio.Protocol, Link):
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         # One future per waiting task: cancelling one waiter cannot disturb another.
         while not condition():
+            self._burst = False
+            if self._cork:
+                self._uncork()  # the reply we wait for may depend on it
             future = self._loop.create_future()
             self._waiters.append(future)
             try:
@@ -180,17 +195,54 @@ class AsyncioLink(asyncio.Protocol, Link):
         transport = self._transport
         if transport is None or self.lost:
             return
-        if control or (not self._write_paused and not self._pending):
+        if control:
+            if len(chunks) == 1:
+                transport.write(chunks[0])
+            else:
+                transport.writelines(chunks)
+        elif self._write_paused or self._pending:
+            # Slow peer: hold data here, not in asyncio's buffer, so that
+            # control frames can still go out first.
+            if self._cork:
+                self._uncork()
+            self._pending.extend(chunks)
+        elif not self._burst:
+            # A lone message (request, then wait for the reply) goes at once.
+            self._burst = True
             if len(chunks) == 1:
                 transport.write(chunks[0])
             else:
                 transport.writelines(chunks)
         else:
-            # Slow peer: hold data here, not in asyncio's buffer, so that
-            # control frames can still go out first.
-            self._pending.extend(chunks)
+            # More follow: a system call per frame costs more than the frame,
+            # so gather the frames sent before the loop runs again (or a task
+            # waits, see wait_until) and write them at once.
+            self._cork.extend(chunks)
+            for chunk in chunks:
+                self._cork_size += len(chunk)
+            if self._cork_size >= CORK_LIMIT:
+                self._uncork()
+            elif not self._uncork_scheduled:
+                self._uncork_scheduled = True
+                self._loop.call_soon(self._uncork_soon)
+
+    def _uncork_soon(self) -> None:
+        self._uncork_scheduled = False
+        self._burst = False
+        if self._cork:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        cork = self._cork
+        self._cork = []
+        self._cork_size = 0
+        transport = self._transport
+        if transport is not None and not self.lost:
+            transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
 
     async def flush(self) -> None:
+        if self._cork:
+            self._uncork()
         if not self._pending:
             return
         future = self._loop.create_future()
@@ -205,6 +257,8 @@ class AsyncioLink(asyncio.Protocol, Link):
     def write_eof(self) -> None:
         transport = self._transport
         if transport is not None and not self.lost and transport.can_write_eof():
+            if self._cork:
+                self._uncork()
             transport.write_eof()
 
     def pause_reading(self) -> None:
@@ -219,6 +273,8 @@ class AsyncioLink(asyncio.Protocol, Link):
 
     async def abort(self) -> None:
         transport = self._transport
+        self._cork.clear()
+        self._cork_size = 0
         if transport is not None and not self.lost:
             transport.abort()
         # connection_lost runs on the next loop pass; wait for it so the socket
@@ -234,30 +290,41 @@ class StreamLink(Link):
     def __init__(self, owner: LinkOwner, stream: anyio.abc.ByteStream) -> None:
         self._owner = owner
         self._stream = stream
-        self._read_lock = anyio.Lock()
-        self._write_lock = anyio.Lock()
+        # Flags, not locks: they are tested and set with no await between, so
+        # one task at a time reads (or writes), and taking them costs nothing
+        # when, as usual, no other task wants them.
+        self._reading = False
+        self._writing = False
+        self._written: anyio.Event | None = None  # set when the writer is done
         self._data: deque[bytes] = deque()
         self._control: deque[bytes] = deque()
         self._changed = anyio.Event()
+        self._waiting = 0  # tasks waiting on _changed
         self._reading_paused = False
         self._eof_requested = False
 
     def wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._waiting:
+            self._changed.set()
+            self._changed = anyio.Event()
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition():
             if self.lost:
                 return
-            if self._reading_paused or self._read_lock.locked():
+            if self._reading_paused or self._reading:
                 # Someone else reads, or the inbound buffer is full: wait for news.
-                await self._changed.wait()
+                self._waiting += 1
+                try:
+                    await self._changed.wait()
+                finally:
+                    self._waiting -= 1
                 continue
-            async with self._read_lock:
-                if condition():
-                    return
+            self._reading = True
+            try:
                 await self._read_once()
+            finally:
+                self._reading = False
 
     async def _read_once(self) -> None:
         try:
@@ -272,7 +339,7 @@ class StreamLink(Link):
             # Pongs and close echoes go out now, unless a writer holds the lock:
             # it sends them with its next batch, and waiting for it here could
             # deadlock with a peer that only reads once we read.
-            if self.backlogged and not self._write_lock.locked():
+            if self.backlogged and not self._writing:
                 await self.flush()
         finally:
             self.wake()
@@ -299,32 +366,49 @@ class StreamLink(Link):
         self._eof_requested = True
 
     async def flush(self) -> None:
-        # Whoever holds the lock writes everything queued, including frames
-        # other tasks queued meanwhile; they find the queues empty and return.
-        async with self._write_lock:
-            while (self._control or self._data) and not self.lost:
-                # Take cancellation here, while the batch is still queued...
-                await anyio.lowlevel.checkpoint_if_cancelled()
-                batch = self._next_batch()
-                try:
-                    await self._stream.send(batch)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    await self._lose(exc)
-                except BaseException:
-                    # ...because once send() is cancelled part of a frame may
-                    # be on the wire, and the stream cannot carry on after it.
-                    await self._lose(None)
-                    raise
-            if self._eof_requested and not self.lost:
-                self._eof_requested = False
-                send_eof = getattr(self._stream, "send_eof", None)
-                if send_eof is not None:
-                    with contextlib.suppress(
-                        anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
-                    ):
-                        await send_eof()
+        # The writer writes everything queued, including frames other tasks
+        # queue meanwhile: they only wait for it to finish.
+        while self._writing:
+            if self._written is None:
+                self._written = anyio.Event()
+            await self._written.wait()
+        if not self.backlogged:
+            return
+        self._writing = True
+        try:
+            await self._write_all()
+        finally:
+            self._writing = False
+            if self._written is not None:
+                self._written.set()
+                self._written = None
+
+    async def _write_all(self) -> None:
+        while (self._control or self._data) and not self.lost:
+            # Take cancellation here, while the batch is still queued...
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            batch = self._next_batch()
+            try:
+                await self._stream.send(batch)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                await self._lose(exc)
+            except BaseException:
+                # ...because once send() is cancelled part of a frame may
+                # be on the wire, and the stream cannot carry on after it.
+                await self._lose(None)
+                raise
+        if self._eof_requested and not self.lost:
+            self._eof_requested = False
+            send_eof = getattr(self._stream, "send_eof", None)
+            if send_eof is not None:
+                with contextlib.suppress(
+                    anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+                ):
+                    await send_eof()
 
     def _next_batch(self) -> bytes:
+        if not self._control and len(self._data) == 1:
+            return self._data.popleft()  # the usual case: one message, no copy
         batch: list[bytes] = []
         size = 0
         for queue in (self._control, self._data):
