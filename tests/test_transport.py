@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -508,3 +509,85 @@ async def test_works_on_uvloop(anyio_backend: object) -> None:
         await transport.send("on uvloop")
         assert await transport.receive() == "on uvloop"
         assert await transport.ping() > 0
+
+
+# Regressions found in review; each test pins one fix.
+
+
+async def test_empty_close_frame_is_a_normal_close() -> None:
+    """A close frame without a status (1005) ends iteration normally."""
+
+    async def empty_close(ws: ServerConnection) -> None:
+        await ws.send("one")
+        ws.protocol.send_close()  # no code: an empty close frame
+        ws.send_data()
+        await ws.wait_closed()
+
+    async with running_server(empty_close) as server, await connect_transport(server.url) as t:
+        assert [message async for message in t] == ["one"]
+        assert t.close_code == 1005
+
+
+async def test_aclose_with_a_full_inbound_buffer_completes_the_handshake() -> None:
+    """Closing while unread messages fill the buffer still gets the server's close frame."""
+    seen: list[int | None] = []
+
+    async def flood(ws: ServerConnection) -> None:
+        try:
+            for i in range(100_000):
+                await ws.send(f"{i} " + "f" * 500)
+        finally:
+            await ws.wait_closed()
+            seen.append(ws.close_code)
+
+    async with running_server(flood, compression=None) as server:
+        transport = await connect_transport(
+            server.url, max_queue=4, compression=None, close_timeout=30
+        )
+        assert transport._link is not None
+        with anyio.fail_after(10):
+            await transport._link.wait_until(lambda: transport.statistics().read_pauses > 0)
+            # Bounded well below close_timeout: reaching it would mean we waited it out.
+            await transport.aclose(1000, "done reading")
+        assert transport.close_code == 1000
+    assert seen == [1000]
+
+
+async def test_wss_handshake_rejection_keeps_its_status(tls_ca: trustme.CA) -> None:
+    """A 403 over TLS is a ConnectError with status 403 on every backend."""
+    client_context = ssl.create_default_context()
+    tls_ca.configure_trust(client_context)
+    async with running_server(ssl_context=_server_context(tls_ca), reject=(403, {})) as server:
+        with pytest.raises(ConnectError) as info:
+            await connect_transport(server.url, ssl=client_context)
+        assert info.value.status == 403
+
+
+async def test_tls_handshake_cut_short_is_a_connect_error() -> None:
+    """A server that closes during the TLS handshake gives ConnectError, not a raw error."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def accept_and_close() -> None:
+            connection, _ = listener.accept()
+            connection.recv(1024)  # the TLS ClientHello
+            connection.close()
+
+        thread = threading.Thread(target=accept_and_close, daemon=True)
+        thread.start()
+        with pytest.raises(ConnectError) as info:
+            await connect_transport(f"wss://127.0.0.1:{port}/", open_timeout=10)
+        assert not str(info.value).endswith((": ", "()"))  # says why, not an empty reason
+        thread.join(timeout=5)
+
+
+async def test_headers_replace_url_credentials_and_refuse_handshake_headers() -> None:
+    """A given Authorization replaces the URL's; handshake headers cannot be overridden."""
+    async with running_server() as server:
+        url = server.url.replace("ws://", "ws://alice:s3cret@")
+        async with await connect_transport(url, headers={"Authorization": "Bearer t"}):
+            assert server.requests[0].headers.get_all("Authorization") == ["Bearer t"]
+    with pytest.raises(ValueError, match="Sec-WebSocket-Key"):
+        await connect_transport("ws://127.0.0.1:1/", headers={"Sec-WebSocket-Key": "x"})

@@ -395,14 +395,21 @@ class StreamLink(Link):
             except BaseException:
                 # ...because once send() is cancelled part of a frame may
                 # be on the wire, and the stream cannot carry on after it.
-                await self._lose(None)
+                await self._lose(
+                    anyio.BrokenResourceError("a send was cancelled in the middle of a frame")
+                )
                 raise
         if self._eof_requested and not self.lost:
             self._eof_requested = False
             send_eof = getattr(self._stream, "send_eof", None)
             if send_eof is not None:
+                # TLS streams cannot half-close (NotImplementedError): the EOF
+                # is only a courtesy after a failed handshake, so skip it.
                 with contextlib.suppress(
-                    anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+                    anyio.BrokenResourceError,
+                    anyio.ClosedResourceError,
+                    OSError,
+                    NotImplementedError,
                 ):
                     await send_eof()
 

@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
 from ._exceptions import (
     ConnectError,
     ConnectionClosed,
+    ConnectionClosedOK,
     ConnectTimeout,
     InvalidState,
     InvalidURL,
@@ -120,6 +121,11 @@ class Transport(ABC):
 
         ``text=True`` sends ``bytes`` that are already UTF-8 (orjson output)
         as a text frame without decoding them first.
+
+        Raises the :class:`~wsclient.ConnectionClosed` subclass if the
+        connection is closed, or dies before the message reaches the socket.
+        If ``send()`` is cancelled, the message may or may not be delivered:
+        callers that retry must tolerate a duplicate.
         """
 
     @abstractmethod
@@ -168,9 +174,8 @@ class Transport(ABC):
         try:
             while True:
                 yield await self.receive()
-        except ConnectionClosed as exc:
-            if exc.code not in (1000, 1001):
-                raise
+        except ConnectionClosedOK:
+            return
 
 
 class WebSocketTransport(Transport, LinkOwner):
@@ -287,6 +292,9 @@ class WebSocketTransport(Transport, LinkOwner):
         self._messages_sent += 1
         if link.backlogged:
             await link.flush()
+            if self._closed:
+                # The link died while our frame waited: it never reached the socket.
+                raise self._closed_exception()
 
     async def receive(self) -> str | bytes:
         inbox = self._inbox
@@ -349,6 +357,9 @@ class WebSocketTransport(Transport, LinkOwner):
                     self._protocol.send_close(code, reason)
                     self._write_output(link)
                     await link.flush()
+                # The server's close frame may be behind messages nobody will
+                # read now: keep reading, or we would wait out close_timeout.
+                link.resume_reading()
                 # RFC 6455 7.1.1: the client waits for the server to close TCP.
                 await link.wait_until(lambda: self._closed)
             if not self._closed:
@@ -388,7 +399,8 @@ class WebSocketTransport(Transport, LinkOwner):
             self._write_output(link)
             # A waiting ping keeps reading going: the heartbeat measures the
             # link, and a slow consumer must not look like a dead server.
-            if len(inbox) >= self._high_water and not self._pings:
+            # Once closing, reading goes on to reach the close frame.
+            if len(inbox) >= self._high_water and not self._pings and protocol.state is State.OPEN:
                 self._read_pauses += 1
                 link.pause_reading()
 
@@ -403,7 +415,13 @@ class WebSocketTransport(Transport, LinkOwner):
         self._protocol.receive_eof()  # idempotent; moves the protocol to CLOSED
         self._closed = True
         if self._close_cause is None:
-            self._close_cause = self._protocol.parser_exc or exc
+            # The parser's own error (too big, bad frame) explains more than the
+            # socket's; its EOFError only restates that the socket went away.
+            parser_exc = self._protocol.parser_exc
+            if parser_exc is not None and not isinstance(parser_exc, EOFError):
+                self._close_cause = parser_exc
+            else:
+                self._close_cause = exc or parser_exc
         for _, arrived in self._pings.values():
             arrived.set()  # ping() sees _closed and raises
         logger.debug("%s: connection closed (code %s)", self._display_url, self.close_code)
@@ -583,6 +601,18 @@ def _retry_after(headers: Headers) -> float | None:
 
 HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
 
+# RFC 6455 4.1: headers whose values the opening handshake depends on.
+_HANDSHAKE_HEADERS = frozenset(
+    {
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
+)
+
 
 async def connect_transport(
     url: str,
@@ -648,6 +678,11 @@ async def connect_transport(
     if headers is not None:
         items = headers.items() if isinstance(headers, Mapping) else headers
         for name, value in items:
+            if name.lower() in _HANDSHAKE_HEADERS:
+                raise ValueError(f"the {name} header is set by the WebSocket handshake itself")
+            # Replace, not add: a Host or Authorization given here wins over the URL's.
+            if name in request.headers:
+                del request.headers[name]
             request.headers[name] = value
     if user_agent is not None and "User-Agent" not in request.headers:
         request.headers["User-Agent"] = user_agent
@@ -745,8 +780,11 @@ async def _open_link(
         raise ConnectError(f"cannot resolve host {uri.host!r}: {exc.strerror}") from exc
     except OSError as exc:
         raise ConnectError(f"cannot connect to {where}: {_os_reason(exc)}") from exc
-    except anyio.BrokenResourceError as exc:
-        raise ConnectError(f"connection to {where} broke while opening: {exc}") from exc
+    except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+        # trio: the peer closed or reset the connection during the TLS handshake.
+        raise ConnectError(
+            f"connection to {where} closed during the TLS handshake ({_describe(exc)})"
+        ) from exc
 
 
 def _os_reason(exc: OSError) -> str:
@@ -754,4 +792,16 @@ def _os_reason(exc: OSError) -> str:
     cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
     if isinstance(exc, ConnectionRefusedError) or isinstance(cause, ConnectionRefusedError):
         return "connection refused"
-    return cause.strerror or str(cause)
+    if isinstance(cause, ConnectionResetError) and not cause.strerror:
+        return "connection reset by the server"
+    return cause.strerror or _describe(cause)
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's text, or its class name (and its cause's) when it has none."""
+    text = str(exc)
+    if text:
+        return text
+    if exc.__cause__ is not None and exc.__cause__ is not exc:
+        return f"{type(exc).__name__}: {_describe(exc.__cause__)}"
+    return type(exc).__name__
