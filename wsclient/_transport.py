@@ -107,6 +107,34 @@ class TransportStatistics:
     read_pauses: int
 
 
+@dataclass(slots=True)
+class TransportCounters:
+    """The running counters every transport keeps; :meth:`snapshot` freezes them."""
+
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    pings_sent: int = 0
+    pongs_received: int = 0
+    last_rtt: float | None = None
+    read_pauses: int = 0
+
+    def snapshot(self, state: TransportState, messages_buffered: int) -> TransportStatistics:
+        return TransportStatistics(
+            state=state,
+            messages_sent=self.messages_sent,
+            messages_received=self.messages_received,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            pings_sent=self.pings_sent,
+            pongs_received=self.pongs_received,
+            last_rtt=self.last_rtt,
+            messages_buffered=messages_buffered,
+            read_pauses=self.read_pauses,
+        )
+
+
 class Transport(ABC):
     """One message-oriented connection to a server.
 
@@ -209,14 +237,7 @@ class WebSocketTransport(Transport, LinkOwner):
         self._closed = False
         self._close_cause: BaseException | None = None
         self._close_exc: ConnectionClosed | None = None
-        self._messages_sent = 0
-        self._messages_received = 0
-        self._bytes_sent = 0
-        self._bytes_received = 0
-        self._pings_sent = 0
-        self._pongs_received = 0
-        self._last_rtt: float | None = None
-        self._read_pauses = 0
+        self._counters = TransportCounters()
         self._masks = b""
         self._mask_at = _MASK_POOL
 
@@ -247,18 +268,7 @@ class WebSocketTransport(Transport, LinkOwner):
         return self._display_url
 
     def statistics(self) -> TransportStatistics:
-        return TransportStatistics(
-            state=self.state,
-            messages_sent=self._messages_sent,
-            messages_received=self._messages_received,
-            bytes_sent=self._bytes_sent,
-            bytes_received=self._bytes_received,
-            pings_sent=self._pings_sent,
-            pongs_received=self._pongs_received,
-            last_rtt=self._last_rtt,
-            messages_buffered=len(self._inbox),
-            read_pauses=self._read_pauses,
-        )
+        return self._counters.snapshot(self.state, len(self._inbox))
 
     def __repr__(self) -> str:
         state = self.state.name
@@ -287,9 +297,9 @@ class WebSocketTransport(Transport, LinkOwner):
             # to go out, so the protocol's state cannot change; skip its
             # per-frame overhead.
             frame = self._serialize(opcode, data)
-            self._bytes_sent += len(frame)
+            self._counters.bytes_sent += len(frame)
             link.queue([frame], control=False)
-        self._messages_sent += 1
+        self._counters.messages_sent += 1
         if link.backlogged:
             await link.flush()
             if self._closed:
@@ -329,7 +339,7 @@ class WebSocketTransport(Transport, LinkOwner):
         sent_at = time.perf_counter()  # loop clocks can tick in ms (uvloop)
         self._pings[data] = (sent_at, arrived)
         protocol.send_ping(data)
-        self._pings_sent += 1
+        self._counters.pings_sent += 1
         link = self._require_link()
         link.resume_reading()
         try:
@@ -342,7 +352,7 @@ class WebSocketTransport(Transport, LinkOwner):
         if not arrived.is_set():
             raise self._closed_exception()
         rtt = time.perf_counter() - sent_at
-        self._last_rtt = rtt
+        self._counters.last_rtt = rtt
         return rtt
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
@@ -369,7 +379,7 @@ class WebSocketTransport(Transport, LinkOwner):
     # Link callbacks: run synchronously as bytes arrive, so they must not block.
 
     def bytes_received(self, data: bytes) -> None:
-        self._bytes_received += len(data)
+        self._counters.bytes_received += len(data)
         protocol = self._protocol
         protocol.receive_data(data)
         inbox = self._inbox
@@ -401,7 +411,7 @@ class WebSocketTransport(Transport, LinkOwner):
             # link, and a slow consumer must not look like a dead server.
             # Once closing, reading goes on to reach the close frame.
             if len(inbox) >= self._high_water and not self._pings and protocol.state is State.OPEN:
-                self._read_pauses += 1
+                self._counters.read_pauses += 1
                 link.pause_reading()
 
     def eof_received(self) -> None:
@@ -439,11 +449,11 @@ class WebSocketTransport(Transport, LinkOwner):
                 return
         else:
             message = bytes(payload)
-        self._messages_received += 1
+        self._counters.messages_received += 1
         self._inbox.append(message)
 
     def _pong_received(self, data: bytes) -> None:
-        self._pongs_received += 1
+        self._counters.pongs_received += 1
         # RFC 6455 5.5.3: a pong answers its ping and every earlier one; an
         # unsolicited pong answers nothing (it must not fake liveness).
         if data not in self._pings:
@@ -474,7 +484,7 @@ class WebSocketTransport(Transport, LinkOwner):
         """Hand what the protocol wants to send to the link, control frames first."""
         for chunk in self._protocol.data_to_send():
             if chunk:
-                self._bytes_sent += len(chunk)
+                self._counters.bytes_sent += len(chunk)
                 link.queue([chunk], control=(chunk[0] & 0x0F) in _CONTROL_OPCODES)
             else:
                 link.write_eof()

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import anyio
 
 from ._exceptions import ConnectionClosed, InvalidState, closed_error
-from ._transport import Transport, TransportState, TransportStatistics
+from ._transport import Transport, TransportCounters, TransportState, TransportStatistics
 
 __all__ = ["MemoryTransport"]
 
@@ -185,14 +185,7 @@ class MemoryTransport(Transport):
         self._close_exc: ConnectionClosed | None = None
         self._pings: dict[bytes, float | None] = {}  # payload -> pong arrival time
         self._ping_ids = itertools.count()
-        self._messages_sent = 0
-        self._messages_received = 0
-        self._bytes_sent = 0
-        self._bytes_received = 0
-        self._pings_sent = 0
-        self._pongs_received = 0
-        self._last_rtt: float | None = None
-        self._read_pauses = 0
+        self._counters = TransportCounters()
 
     @classmethod
     def pair(
@@ -290,18 +283,7 @@ class MemoryTransport(Transport):
 
     def statistics(self) -> TransportStatistics:
         """A snapshot of this end's counters; byte counts are payload bytes."""
-        return TransportStatistics(
-            state=self.state,
-            messages_sent=self._messages_sent,
-            messages_received=self._messages_received,
-            bytes_sent=self._bytes_sent,
-            bytes_received=self._bytes_received,
-            pings_sent=self._pings_sent,
-            pongs_received=self._pongs_received,
-            last_rtt=self._last_rtt,
-            messages_buffered=len(self._inbox),
-            read_pauses=self._read_pauses,
-        )
+        return self._counters.snapshot(self.state, len(self._inbox))
 
     def __repr__(self) -> str:
         state = self.state.name
@@ -332,8 +314,8 @@ class MemoryTransport(Transport):
         )
         if self._closed or self._close_sent is not None:
             raise self._closed_exception()
-        self._messages_sent += 1
-        self._bytes_sent += size
+        self._counters.messages_sent += 1
+        self._counters.bytes_sent += size
         frame = _Frame(
             _Kind.DATA, payload, text=bool(text) and isinstance(payload, bytes), size=size
         )
@@ -377,7 +359,7 @@ class MemoryTransport(Transport):
                 raise InvalidState("a ping with this payload is already waiting for its pong")
         pings[key] = None
         sent_at = anyio.current_time()
-        self._pings_sent += 1
+        self._counters.pings_sent += 1
         try:
             self._post(self._peer, _Frame(_Kind.PING, key))
             await self._wait_until(lambda: pings[key] is not None or self._closed)
@@ -388,7 +370,7 @@ class MemoryTransport(Transport):
             raise self._closed_exception()
         # The pong's due time, not the time this task woke up: exact on any clock.
         rtt = arrived_at - sent_at
-        self._last_rtt = rtt
+        self._counters.last_rtt = rtt
         return rtt
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
@@ -541,14 +523,14 @@ class MemoryTransport(Transport):
                 self._close_cause = exc
                 self._fail(1007, "invalid UTF-8 in a text frame", at)
                 return
-        self._messages_received += 1
-        self._bytes_received += frame.size
+        self._counters.messages_received += 1
+        self._counters.bytes_received += frame.size
         self._inbox.append(message)
         if len(self._inbox) == self._max_queue:
-            self._read_pauses += 1  # the real transport stops reading the socket here
+            self._counters.read_pauses += 1  # the real transport stops reading the socket here
 
     def _pong_received(self, data: str | bytes, at: float) -> None:
-        self._pongs_received += 1
+        self._counters.pongs_received += 1
         if data not in self._pings:
             return  # RFC 6455 5.5.3: unsolicited (or stale) pongs answer nothing
         # A pong answers its ping and every earlier one (pongs may be coalesced).
