@@ -583,6 +583,17 @@ async def test_break_link_closes_both_ends_with_1006() -> None:
     await client.aclose()  # nothing left to do, no error
 
 
+async def test_abort_drops_both_ends_at_once_with_1006() -> None:
+    """abort() is the Transport-level break_link: no waiting, 1006 on both ends."""
+    client, server = MemoryTransport.pair(latency=5, close_timeout=60)
+    started = anyio.current_time()
+    await client.abort()
+    assert anyio.current_time() == started
+    for end in (client, server):
+        assert (end.state, end.close_code) == (TransportState.CLOSED, 1006)
+    await client.abort()  # idempotent
+
+
 async def test_break_link_keeps_received_messages_and_loses_those_in_flight() -> None:
     """Messages already received stay readable; messages still on the wire are lost."""
     client, server = MemoryTransport.pair(latency=1.0)

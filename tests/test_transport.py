@@ -592,3 +592,24 @@ async def test_headers_replace_url_credentials_and_refuse_handshake_headers() ->
             assert server.requests[0].headers.get_all("Authorization") == ["Bearer t"]
     with pytest.raises(ValueError, match="Sec-WebSocket-Key"):
         await connect_transport("ws://127.0.0.1:1/", headers={"Sec-WebSocket-Key": "x"})
+
+
+async def test_abort_drops_the_connection_without_waiting() -> None:
+    """abort() closes at once with 1006; the server sees an abnormal closure."""
+    seen: list[int | None] = []
+
+    async def record(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+        seen.append(ws.close_code)
+
+    async with running_server(record) as server:
+        transport = await connect_transport(server.url, close_timeout=30)
+        with anyio.fail_after(5):  # far below close_timeout: no handshake was awaited
+            await transport.abort()
+        assert transport.state is TransportState.CLOSED
+        assert transport.close_code == 1006
+        with pytest.raises(ConnectionClosedError):
+            await transport.send("after abort")
+        await transport.abort()  # idempotent
+        await transport.aclose()  # and aclose after abort is a no-op
+    assert seen == [1006]

@@ -168,6 +168,14 @@ class Transport(ABC):
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection with ``code`` and ``reason``; idempotent."""
 
+    @abstractmethod
+    async def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake; idempotent.
+
+        For a peer that no longer answers (a heartbeat gave up on it): unlike
+        :meth:`aclose` it does not wait. Both sides see code 1006.
+        """
+
     @property
     @abstractmethod
     def state(self) -> TransportState:
@@ -375,6 +383,11 @@ class WebSocketTransport(Transport, LinkOwner):
             if not self._closed:
                 logger.debug("%s: server did not close TCP in time, aborting", self._display_url)
                 await link.abort()
+
+    async def abort(self) -> None:
+        link = self._link
+        if link is not None and not self._closed:
+            await link.abort()
 
     # Link callbacks: run synchronously as bytes arrive, so they must not block.
 

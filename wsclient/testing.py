@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
+import anyio.lowlevel
 
 from ._exceptions import ConnectionClosed, InvalidState, closed_error
 from ._transport import Transport, TransportCounters, TransportState, TransportStatistics
@@ -394,6 +395,12 @@ class MemoryTransport(Transport):
             await self._wait_until(lambda: self._closed)
 
     # Fault injection
+
+    async def abort(self) -> None:
+        """Drop the connection at once, as a TCP reset would: see :meth:`break_link`."""
+        if not self._closed:
+            self.break_link()
+        await anyio.lowlevel.checkpoint()
 
     def break_link(self) -> None:
         """Kill the link abruptly: both ends CLOSED with code 1006, frames in flight lost.
