@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -613,3 +614,36 @@ async def test_abort_drops_the_connection_without_waiting() -> None:
         await transport.abort()  # idempotent
         await transport.aclose()  # and aclose after abort is a no-op
     assert seen == [1006]
+
+
+async def test_memoryview_of_wide_items_is_sent_as_its_bytes() -> None:
+    """A memoryview over 4-byte items is framed by its byte length, not its item count."""
+    from array import array
+
+    payload = array("i", [1, 2, 3, 4])
+    async with running_server() as server:
+        for compression in ("deflate", None):
+            async with await connect_transport(server.url, compression=compression) as t:
+                await t.send(memoryview(payload))  # type: ignore[arg-type]
+                assert await t.receive() == payload.tobytes()
+
+
+async def test_inbound_buffer_stays_bounded_while_closing() -> None:
+    """After aclose() starts, messages beyond max_queue are discarded, not buffered."""
+
+    async def stream_forever(ws: ServerConnection) -> None:
+        # Never reads, so it never sees our close frame: only close_timeout ends this.
+        with contextlib.suppress(Exception):
+            while True:
+                await ws.send("s" * 1024)
+
+    async with running_server(stream_forever, compression=None, max_queue=1) as server:
+        # The server never answers our close, so a short real close_timeout
+        # ends the test; a fake clock would jump while data is still flowing.
+        transport = await connect_transport(
+            server.url, max_queue=4, compression=None, close_timeout=0.3
+        )
+        await transport.aclose()
+        stats = transport.statistics()
+        assert stats.messages_buffered <= 4 + 64  # one read chunk past the mark at most
+        assert stats.messages_discarded > 0

@@ -40,6 +40,9 @@ __all__ = ["AsyncioLink", "Link", "LinkOwner", "StreamLink"]
 # frame queued behind data waits for at most one such batch.
 WRITE_BATCH = 64 * 1024
 READ_CHUNK = 64 * 1024
+# Seconds a reader may spend writing the protocol's replies (pongs, close
+# echo) while its caller's cancellation waits.
+REPLY_WRITE_LIMIT = 10.0
 # Data frames the asyncio link holds before writing them at once, in bytes.
 CORK_LIMIT = 16 * 1024
 
@@ -113,6 +116,7 @@ class AsyncioLink(asyncio.Protocol, Link):
         self._waiters: list[asyncio.Future[None]] = []
         self._write_paused = False
         self._pending: deque[bytes] = deque()  # data held back while writing is paused
+        self._eof_after_pending = False
         self._cork: list[bytes] = []  # data of the current burst, written together
         self._cork_size = 0
         self._uncork_scheduled = False
@@ -157,6 +161,9 @@ class AsyncioLink(asyncio.Protocol, Link):
         while self._pending and not self._write_paused and transport is not None:
             transport.write(self._pending.popleft())
         if not self._pending:
+            if self._eof_after_pending and transport is not None and not self.lost:
+                self._eof_after_pending = False
+                transport.write_eof()
             self._release(self._drained)
 
     # Link
@@ -259,7 +266,11 @@ class AsyncioLink(asyncio.Protocol, Link):
         if transport is not None and not self.lost and transport.can_write_eof():
             if self._cork:
                 self._uncork()
-            transport.write_eof()
+            if self._pending:
+                # Held-back data (a close echo among it) must go out first.
+                self._eof_after_pending = True
+            else:
+                transport.write_eof()
 
     def pause_reading(self) -> None:
         if self._transport is not None and not self._reading_paused and not self.lost:
@@ -340,7 +351,11 @@ class StreamLink(Link):
             # it sends them with its next batch, and waiting for it here could
             # deadlock with a peer that only reads once we read.
             if self.backlogged and not self._writing:
-                await self.flush()
+                # Shielded: a receive() timing out must not cut a reply in
+                # half (that would fail the link); bounded for a peer that
+                # stopped reading altogether.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(REPLY_WRITE_LIMIT):
+                    await self.flush()
         finally:
             self.wake()
 
@@ -396,7 +411,7 @@ class StreamLink(Link):
                 # ...because once send() is cancelled part of a frame may
                 # be on the wire, and the stream cannot carry on after it.
                 await self._lose(
-                    anyio.BrokenResourceError("a send was cancelled in the middle of a frame")
+                    anyio.BrokenResourceError("a write was interrupted in the middle of a frame")
                 )
                 raise
         if self._eof_requested and not self.lost:

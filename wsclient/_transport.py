@@ -105,6 +105,7 @@ class TransportStatistics:
     last_rtt: float | None
     messages_buffered: int
     read_pauses: int
+    messages_discarded: int
 
 
 @dataclass(slots=True)
@@ -119,6 +120,7 @@ class TransportCounters:
     pongs_received: int = 0
     last_rtt: float | None = None
     read_pauses: int = 0
+    messages_discarded: int = 0
 
     def snapshot(self, state: TransportState, messages_buffered: int) -> TransportStatistics:
         return TransportStatistics(
@@ -132,6 +134,7 @@ class TransportCounters:
             last_rtt=self.last_rtt,
             messages_buffered=messages_buffered,
             read_pauses=self.read_pauses,
+            messages_discarded=self.messages_discarded,
         )
 
 
@@ -151,9 +154,9 @@ class Transport(ABC):
         as a text frame without decoding them first.
 
         Raises the :class:`~wsclient.ConnectionClosed` subclass if the
-        connection is closed, or dies before the message reaches the socket.
-        If ``send()`` is cancelled, the message may or may not be delivered:
-        callers that retry must tolerate a duplicate.
+        connection is closed, or dies while the message waits for the peer to
+        read. Whenever ``send()`` raises or is cancelled, the message may or
+        may not have been delivered: callers that retry must tolerate a duplicate.
         """
 
     @abstractmethod
@@ -292,6 +295,8 @@ class WebSocketTransport(Transport, LinkOwner):
         if isinstance(data, str):
             data, opcode = data.encode(), _TEXT
         else:
+            if not isinstance(data, (bytes, bytearray)):
+                data = bytes(data)  # a memoryview's len() counts items, not bytes
             opcode = _TEXT if text else _BINARY
         if protocol.extensions or protocol.expect_continuation_frame or protocol.writes:
             # Compression, or something unusual: let websockets do all of it.
@@ -462,8 +467,14 @@ class WebSocketTransport(Transport, LinkOwner):
                 return
         else:
             message = bytes(payload)
+        inbox = self._inbox
+        if len(inbox) >= self._high_water and self._protocol.state is not State.OPEN:
+            # Closing: we read on to reach the close frame, but nobody is
+            # likely to consume more than a buffer's worth, so the rest goes.
+            self._counters.messages_discarded += 1
+            return
         self._counters.messages_received += 1
-        self._inbox.append(message)
+        inbox.append(message)
 
     def _pong_received(self, data: bytes) -> None:
         self._counters.pongs_received += 1
