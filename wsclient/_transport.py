@@ -316,7 +316,7 @@ class WebSocketTransport(Transport, LinkOwner):
         if link.backlogged:
             await link.flush()
             if self._closed:
-                # The link died while our frame waited: it never reached the socket.
+                # The link died while our frame waited for the peer to read it.
                 raise self._closed_exception()
 
     async def receive(self) -> str | bytes:
