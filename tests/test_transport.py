@@ -400,6 +400,13 @@ async def test_pending_receive_cancelled_then_message_arrives() -> None:
         assert await t.receive() == "still here"
 
 
+async def wait_for_read_pause(transport: WebSocketTransport) -> None:
+    """Wait, without consuming anything, until the inbound buffer filled and reading paused."""
+    assert transport._link is not None
+    with anyio.fail_after(10):
+        await transport._link.wait_until(lambda: transport.statistics().read_pauses > 0)
+
+
 async def test_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
     """With a full inbound buffer reading pauses, and every message is still delivered."""
     filler = "z" * 1000
@@ -416,10 +423,7 @@ async def test_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
         await connect_transport(server.url, max_queue=8, compression=None) as transport,
     ):
         await transport.send("go")
-        # Wait, without consuming, until the buffer filled and reading paused.
-        assert transport._link is not None
-        with anyio.fail_after(10):
-            await transport._link.wait_until(lambda: transport.statistics().read_pauses > 0)
+        await wait_for_read_pause(transport)
         assert 8 <= transport.statistics().messages_buffered < 500
         received = []
         while (message := await transport.receive()) != "end":
@@ -441,9 +445,8 @@ async def test_ping_answered_while_the_inbound_buffer_is_full() -> None:
         await connect_transport(server.url, max_queue=4, compression=None) as transport,
     ):
         await transport.send("go")
-        assert transport._link is not None
+        await wait_for_read_pause(transport)
         with anyio.fail_after(10):
-            await transport._link.wait_until(lambda: transport.statistics().read_pauses > 0)
             assert await transport.ping() > 0
         for i in range(300):
             assert await transport.receive() == str(i) * 200
@@ -546,9 +549,8 @@ async def test_aclose_with_a_full_inbound_buffer_completes_the_handshake() -> No
         transport = await connect_transport(
             server.url, max_queue=4, compression=None, close_timeout=30
         )
-        assert transport._link is not None
+        await wait_for_read_pause(transport)
         with anyio.fail_after(10):
-            await transport._link.wait_until(lambda: transport.statistics().read_pauses > 0)
             # Bounded well below close_timeout: reaching it would mean we waited it out.
             await transport.aclose(1000, "done reading")
         assert transport.close_code == 1000
