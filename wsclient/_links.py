@@ -43,6 +43,9 @@ READ_CHUNK = 64 * 1024
 # Seconds a reader may spend writing the protocol's replies (pongs, close
 # echo) while its caller's cancellation waits.
 REPLY_WRITE_LIMIT = 10.0
+
+# What a broken or closed stream raises; the link turns each into a loss.
+_STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 # Data frames the asyncio link holds before writing them at once, in bytes.
 CORK_LIMIT = 16 * 1024
 
@@ -106,6 +109,13 @@ class Link(ABC):
         """Close the socket now, dropping unsent data, and wait until it is closed."""
 
 
+def _write_now(transport: asyncio.Transport, chunks: list[bytes]) -> None:
+    if len(chunks) == 1:
+        transport.write(chunks[0])
+    else:
+        transport.writelines(chunks)
+
+
 class AsyncioLink(asyncio.Protocol, Link):
     """A link driven by asyncio's protocol callbacks."""
 
@@ -147,8 +157,7 @@ class AsyncioLink(asyncio.Protocol, Link):
         if not self._lost_future.done():
             self._lost_future.set_result(None)
         self._pending.clear()
-        self._cork.clear()
-        self._cork_size = 0
+        self._take_cork()
         self._release(self._drained)
         self.wake()
 
@@ -175,6 +184,17 @@ class AsyncioLink(asyncio.Protocol, Link):
                 future.set_result(None)
         futures.clear()
 
+    async def _wait_for_release(self, futures: list[asyncio.Future[None]]) -> None:
+        """Wait until :meth:`_release` is called on ``futures``."""
+        future = self._loop.create_future()
+        futures.append(future)
+        try:
+            await future
+        finally:
+            if not future.done():
+                future.cancel()
+                futures.remove(future)
+
     def wake(self) -> None:
         if self._waiters:
             self._release(self._waiters)
@@ -185,14 +205,7 @@ class AsyncioLink(asyncio.Protocol, Link):
             self._burst = False
             if self._cork:
                 self._uncork()  # the reply we wait for may depend on it
-            future = self._loop.create_future()
-            self._waiters.append(future)
-            try:
-                await future
-            finally:
-                if not future.done():
-                    future.cancel()
-                    self._waiters.remove(future)
+            await self._wait_for_release(self._waiters)
 
     @property
     def backlogged(self) -> bool:
@@ -203,10 +216,7 @@ class AsyncioLink(asyncio.Protocol, Link):
         if transport is None or self.lost:
             return
         if control:
-            if len(chunks) == 1:
-                transport.write(chunks[0])
-            else:
-                transport.writelines(chunks)
+            _write_now(transport, chunks)
         elif self._write_paused or self._pending:
             # Slow peer: hold data here, not in asyncio's buffer, so that
             # control frames can still go out first.
@@ -216,10 +226,7 @@ class AsyncioLink(asyncio.Protocol, Link):
         elif not self._burst:
             # A lone message (request, then wait for the reply) goes at once.
             self._burst = True
-            if len(chunks) == 1:
-                transport.write(chunks[0])
-            else:
-                transport.writelines(chunks)
+            _write_now(transport, chunks)
         else:
             # More follow: a system call per frame costs more than the frame,
             # so gather the frames sent before the loop runs again (or a task
@@ -239,10 +246,14 @@ class AsyncioLink(asyncio.Protocol, Link):
         if self._cork:
             self._uncork()
 
-    def _uncork(self) -> None:
+    def _take_cork(self) -> list[bytes]:
         cork = self._cork
         self._cork = []
         self._cork_size = 0
+        return cork
+
+    def _uncork(self) -> None:
+        cork = self._take_cork()
         transport = self._transport
         if transport is not None and not self.lost:
             transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
@@ -250,16 +261,8 @@ class AsyncioLink(asyncio.Protocol, Link):
     async def flush(self) -> None:
         if self._cork:
             self._uncork()
-        if not self._pending:
-            return
-        future = self._loop.create_future()
-        self._drained.append(future)
-        try:
-            await future
-        finally:
-            if not future.done():
-                future.cancel()
-                self._drained.remove(future)
+        if self._pending:
+            await self._wait_for_release(self._drained)
 
     def write_eof(self) -> None:
         transport = self._transport
@@ -284,8 +287,7 @@ class AsyncioLink(asyncio.Protocol, Link):
 
     async def abort(self) -> None:
         transport = self._transport
-        self._cork.clear()
-        self._cork_size = 0
+        self._take_cork()  # dropped, like asyncio's own unsent buffer
         if transport is not None and not self.lost:
             transport.abort()
         # connection_lost runs on the next loop pass; wait for it so the socket
@@ -343,12 +345,12 @@ class StreamLink(Link):
         except anyio.EndOfStream:
             self._owner.eof_received()
             await self._lose(None)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+        except _STREAM_ERRORS as exc:
             await self._lose(exc)
         else:
             self._owner.bytes_received(data)
-            # Pongs and close echoes go out now, unless a writer holds the lock:
-            # it sends them with its next batch, and waiting for it here could
+            # Pongs and close echoes go out now, unless a writer is busy: it
+            # sends them with its next batch, and waiting for it here could
             # deadlock with a peer that only reads once we read.
             if self.backlogged and not self._writing:
                 # Shielded: a receive() timing out must not cut a reply in
@@ -365,6 +367,7 @@ class StreamLink(Link):
         self.lost = True
         self._data.clear()
         self._control.clear()
+        self._eof_requested = False
         self._owner.link_lost(exc)
         with anyio.CancelScope(shield=True):
             await self._stream.aclose()
@@ -405,7 +408,7 @@ class StreamLink(Link):
             batch = self._next_batch()
             try:
                 await self._stream.send(batch)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            except _STREAM_ERRORS as exc:
                 await self._lose(exc)
             except BaseException:
                 # ...because once send() is cancelled part of a frame may
@@ -420,12 +423,7 @@ class StreamLink(Link):
             if send_eof is not None:
                 # TLS streams cannot half-close (NotImplementedError): the EOF
                 # is only a courtesy after a failed handshake, so skip it.
-                with contextlib.suppress(
-                    anyio.BrokenResourceError,
-                    anyio.ClosedResourceError,
-                    OSError,
-                    NotImplementedError,
-                ):
+                with contextlib.suppress(*_STREAM_ERRORS, NotImplementedError):
                     await send_eof()
 
     def _next_batch(self) -> bytes:
