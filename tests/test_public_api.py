@@ -24,10 +24,18 @@ def test_all_names_exist_and_are_documented(module: object) -> None:
 
 def test_package_exports_every_public_name_of_its_private_modules() -> None:
     """Nothing a private module lists as public is missing from wsclient.__all__."""
-    from wsclient import _codec, _exceptions, _transport
+    from wsclient import (
+        _backoff,
+        _codec,
+        _exceptions,
+        _heartbeat,
+        _outbound,
+        _reconnect,
+        _transport,
+    )
 
     exported = set(wsclient.__all__)
-    for module in (_codec, _exceptions, _transport):
+    for module in (_backoff, _codec, _exceptions, _heartbeat, _outbound, _reconnect, _transport):
         missing = set(module.__all__) - exported
         assert not missing, f"{module.__name__} exports {missing} but wsclient does not"
 

@@ -37,7 +37,7 @@ class StuckLink(Link):
     def queue(self, chunks: list[bytes], *, control: bool) -> None:
         self.queued.extend(chunks)
 
-    async def flush(self) -> None:
+    async def flush(self, *, control_only: bool = False) -> None:
         self.flushing.set()
         await self.released.wait()
 

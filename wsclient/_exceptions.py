@@ -8,10 +8,13 @@ chained with ``raise ... from original`` so the cause stays visible::
     ├── InvalidURL                    (also a ValueError)
     ├── ConnectError                  refused, DNS, TLS, handshake rejected (.status)
     │   └── ConnectTimeout            the opening handshake took too long
-    ├── ConnectionClosed              (.code, .reason, .rcvd, .sent)
+    ├── ConnectionClosed              (.code, .reason, .sent_code)
     │   ├── ConnectionClosedOK        both sides closed with 1000, 1001 or no status (1005)
     │   └── ConnectionClosedError     anything else: abrupt death, protocol error...
-    │       └── MessageTooBig         a message exceeded a size limit (close code 1009)
+    │       ├── MessageTooBig         a message exceeded a size limit (close code 1009)
+    │       └── HeartbeatTimeout      the server stopped answering: a zombie connection
+    ├── ReconnectFailed               reconnecting gave up (.last_error, .attempts)
+    ├── QueueFull                     the outbound queue has no room for a message
     ├── ProtocolError                 the peer broke the WebSocket or message protocol
     └── InvalidState                  the operation is not allowed in the current state
 
@@ -27,10 +30,13 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "HeartbeatTimeout",
     "InvalidState",
     "InvalidURL",
     "MessageTooBig",
     "ProtocolError",
+    "QueueFull",
+    "ReconnectFailed",
     "WSClientError",
 ]
 
@@ -117,6 +123,39 @@ class ConnectionClosedError(ConnectionClosed):
 
 class MessageTooBig(ConnectionClosedError):
     """A message exceeded a size limit: ours (``max_size``) or the server's (code 1009)."""
+
+
+class HeartbeatTimeout(ConnectionClosedError):
+    """Nothing came from the server within the heartbeat's deadline after a probe.
+
+    The connection was dropped (code 1006) because the server, or something
+    between us, stopped answering while the socket stayed open.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1006, "", message=message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self),), self.__dict__)
+
+
+class ReconnectFailed(WSClientError):
+    """Reconnecting gave up: the error was fatal, or attempts or time ran out.
+
+    ``last_error`` is the error of the last attempt (also the ``__cause__``)
+    and ``attempts`` the number of consecutive failed attempts.
+    """
+
+    def __init__(
+        self, message: str, *, last_error: BaseException | None = None, attempts: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.last_error = last_error
+        self.attempts = attempts
+
+
+class QueueFull(WSClientError):
+    """The outbound queue is at its bound and its policy refuses the message."""
 
 
 class ProtocolError(WSClientError):

@@ -89,8 +89,13 @@ class Link(ABC):
         """Queue frames for writing, in order; ``control`` frames go ahead of data."""
 
     @abstractmethod
-    async def flush(self) -> None:
-        """Return once everything queued so far is handed to the operating system."""
+    async def flush(self, *, control_only: bool = False) -> None:
+        """Return once everything queued so far is handed to the operating system.
+
+        ``control_only`` returns once the queued ping and pong frames are out
+        (or are next in line for the task already writing): a heartbeat must
+        not wait for a backlog of data to drain.
+        """
 
     @abstractmethod
     def write_eof(self) -> None:
@@ -258,7 +263,9 @@ class AsyncioLink(asyncio.Protocol, Link):
         if transport is not None and not self.lost:
             transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
 
-    async def flush(self) -> None:
+    async def flush(self, *, control_only: bool = False) -> None:
+        if control_only:
+            return  # control frames are never held back here (see queue)
         if self._cork:
             self._uncork()
         if self._pending:
@@ -383,7 +390,10 @@ class StreamLink(Link):
     def write_eof(self) -> None:
         self._eof_requested = True
 
-    async def flush(self) -> None:
+    async def flush(self, *, control_only: bool = False) -> None:
+        if control_only and (self._writing or not self._control):
+            # The busy writer sends control frames first in its next batch.
+            return
         # The writer writes everything queued, including frames other tasks
         # queue meanwhile: they only wait for it to finish.
         while self._writing:
@@ -394,18 +404,18 @@ class StreamLink(Link):
             return
         self._writing = True
         try:
-            await self._write_all()
+            await self._write_all(control_only)
         finally:
             self._writing = False
             if self._written is not None:
                 self._written.set()
                 self._written = None
 
-    async def _write_all(self) -> None:
-        while (self._control or self._data) and not self.lost:
+    async def _write_all(self, control_only: bool = False) -> None:
+        while (self._control or (self._data and not control_only)) and not self.lost:
             # Take cancellation here, while the batch is still queued...
             await anyio.lowlevel.checkpoint_if_cancelled()
-            batch = self._next_batch()
+            batch = self._next_batch(control_only)
             try:
                 await self._stream.send(batch)
             except _STREAM_ERRORS as exc:
@@ -417,7 +427,7 @@ class StreamLink(Link):
                     anyio.BrokenResourceError("a write was interrupted in the middle of a frame")
                 )
                 raise
-        if self._eof_requested and not self.lost:
+        if self._eof_requested and not self.lost and not control_only:
             self._eof_requested = False
             send_eof = getattr(self._stream, "send_eof", None)
             if send_eof is not None:
@@ -426,12 +436,12 @@ class StreamLink(Link):
                 with contextlib.suppress(*_STREAM_ERRORS, NotImplementedError):
                     await send_eof()
 
-    def _next_batch(self) -> bytes:
+    def _next_batch(self, control_only: bool = False) -> bytes:
         if not self._control and len(self._data) == 1:
             return self._data.popleft()  # the usual case: one message, no copy
         batch: list[bytes] = []
         size = 0
-        for queue in (self._control, self._data):
+        for queue in (self._control,) if control_only else (self._control, self._data):
             while queue and size < WRITE_BATCH:
                 chunk = queue.popleft()
                 batch.append(chunk)

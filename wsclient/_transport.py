@@ -358,7 +358,9 @@ class WebSocketTransport(Transport, LinkOwner):
         try:
             self._write_output(link)
             if link.backlogged:
-                await link.flush()
+                # The ping goes ahead of queued data and does not wait for it:
+                # a heartbeat must not fail a slow but healthy link.
+                await link.flush(control_only=True)
             await link.wait_until(lambda: arrived.is_set() or self._closed)
         finally:
             self._pings.pop(data, None)

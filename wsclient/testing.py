@@ -39,9 +39,10 @@ import anyio
 import anyio.lowlevel
 
 from ._exceptions import ConnectionClosed, InvalidState, closed_error
+from ._faultproxy import FaultProxy, FaultProxyStatistics
 from ._transport import Transport, TransportCounters, TransportState, TransportStatistics
 
-__all__ = ["MemoryTransport"]
+__all__ = ["MemoryTransport", "FaultProxy", "FaultProxyStatistics"]
 
 
 # RFC 6455 7.4.1 and 7.4.2: codes an endpoint may put in a close frame

@@ -1,0 +1,862 @@
+"""The reconnecting transport: one live connection, kept alive across failures.
+
+:class:`ReconnectingTransport` owns a factory of transports and keeps exactly
+one connection open: when it is lost it waits (:class:`~wsclient.Backoff`),
+opens a new one, runs the ``on_connect`` hooks (upper layers re-authenticate
+and resubscribe there), then writes what was queued meanwhile, in order.
+
+Per connection it runs one task, the reader: it takes each inbound message
+to the consumer and is also the heartbeat (a cancel-scope deadline, see
+:mod:`wsclient._heartbeat`). A short-lived task runs the hooks and the flush
+of the outbound queue after each (re)connect. Every task is a child of the
+transport's task group; closing it cancels them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import inspect
+import logging
+import math
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._backoff import Backoff, RetrySchedule
+from ._exceptions import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectionClosedOK,
+    ConnectTimeout,
+    HeartbeatTimeout,
+    InvalidState,
+    InvalidURL,
+    ReconnectFailed,
+    WSClientError,
+)
+from ._heartbeat import Heartbeat, HeartbeatWatch, Verdict
+from ._outbound import OutboundQueue, QueuePolicy, QueueStatistics
+from ._redact import redact_url
+from ._transport import HeadersLike, Transport, TransportState, TransportStatistics
+
+__all__ = [
+    "ConnectionState",
+    "ConnectionStatistics",
+    "ReconnectingTransport",
+    "StateChange",
+    "WebSocketFactory",
+    "is_retryable",
+]
+
+logger = logging.getLogger("wsclient.reconnect")
+
+TransportFactory = Callable[[], Awaitable[Transport]]
+OnConnect = Callable[[Transport], Awaitable[None]]
+StateCallback = Callable[["StateChange"], None]
+MessageHandler = Callable[[str | bytes], None]
+ShouldRetry = Callable[[BaseException], bool | None]
+
+
+class ConnectionState(enum.Enum):
+    """Where a reconnecting connection is in its life."""
+
+    CONNECTING = "connecting"  # the first connection is being opened
+    OPEN = "open"  # connected, hooks done: messages flow
+    RECONNECTING = "reconnecting"  # lost: waiting for, or making, the next attempt
+    CLOSING = "closing"  # aclose() is flushing and closing
+    CLOSED = "closed"  # final: closed by us, or given up
+
+
+_C = ConnectionState
+# Every transition allowed, in one table; RECONNECTING -> RECONNECTING is a
+# failed attempt, reported so that failures are visible as they happen.
+_TRANSITIONS: Mapping[ConnectionState | None, frozenset[ConnectionState]] = {
+    None: frozenset({_C.CONNECTING}),
+    _C.CONNECTING: frozenset({_C.OPEN, _C.RECONNECTING, _C.CLOSING, _C.CLOSED}),
+    _C.OPEN: frozenset({_C.RECONNECTING, _C.CLOSING, _C.CLOSED}),
+    _C.RECONNECTING: frozenset({_C.RECONNECTING, _C.OPEN, _C.CLOSING, _C.CLOSED}),
+    _C.CLOSING: frozenset({_C.CLOSED}),
+    _C.CLOSED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One transition of a :class:`ReconnectingTransport`'s state.
+
+    Attributes:
+        previous: the state before (None for the very first).
+        state: the new state.
+        error: why: the failure that caused RECONNECTING or CLOSED, if any.
+        attempt: in RECONNECTING, the number of the attempt being waited for
+            (1 after a connection was lost, 2 after that attempt failed...).
+        delay: in RECONNECTING, the seconds until that attempt.
+        at: the event loop's clock (``anyio.current_time()``).
+    """
+
+    previous: ConnectionState | None
+    state: ConnectionState
+    error: BaseException | None = None
+    attempt: int = 0
+    delay: float | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ConnectionStatistics:
+    """Counters of a :class:`ReconnectingTransport`, from its ``statistics()``."""
+
+    state: ConnectionState
+    attempts: int  # connection attempts made, in total
+    failed_attempts: int  # attempts that failed, or opened and died within min_uptime
+    reconnects: int  # connections opened after the first
+    last_error: BaseException | None
+    uptime: float | None  # seconds the current connection has been open
+    heartbeat_probes: int
+    heartbeat_timeouts: int
+    heartbeat_grace_periods: int
+    last_rtt: float | None  # round trip of the last heartbeat ping answered
+    messages_received: int  # delivered to the consumer, across connections
+    handler_errors: int  # exceptions raised by the message handler
+    live_transports: int  # open transports: never more than one
+    queue: QueueStatistics
+    transport: TransportStatistics | None  # the current connection's, if any
+
+
+def is_retryable(error: BaseException) -> bool:
+    """The default retry policy: whether a connection failure is worth another attempt.
+
+    Network errors, timeouts, lost connections, and HTTP 408, 425, 429, 500,
+    502, 503 and 504 are retried. Fatal: HTTP 401 and 403 (and any other
+    status: a wrong path or a redirect will not fix itself), TLS certificate
+    failures, invalid URLs, close codes 1008 (policy violation), 3000
+    (unauthorized), 3003 (forbidden) and 4000-4999 (the application's own),
+    and errors that are not network errors at all (a bug in a hook).
+    """
+    if isinstance(error, InvalidURL):
+        return False
+    if isinstance(error, ConnectError):
+        if error.status is not None:
+            return error.status in _RETRY_STATUSES
+        return not isinstance(error.__cause__, ssl.SSLCertVerificationError)
+    if isinstance(error, ConnectionClosed):
+        code = error.code
+        return not (code in _FATAL_CLOSE_CODES or 4000 <= code <= 4999)
+    return isinstance(error, (WSClientError, OSError, TimeoutError))
+
+
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_FATAL_CLOSE_CODES = frozenset({1008, 3000, 3003})
+
+
+class WebSocketFactory:
+    """Opens a :class:`~wsclient.WebSocketTransport` per attempt.
+
+    ``url`` and ``headers`` may be callables (plain or async), called again
+    before every attempt: a token that expired is refreshed on reconnect.
+    Other keyword arguments go to :func:`~wsclient.connect_transport`.
+    """
+
+    def __init__(
+        self,
+        url: str | Callable[[], str | Awaitable[str]],
+        *,
+        headers: HeadersLike | Callable[[], HeadersLike | Awaitable[HeadersLike]] | None = None,
+        **options: Any,
+    ) -> None:
+        self._url = url
+        self._headers = headers
+        self._options = options
+        self.display_url = redact_url(url) if isinstance(url, str) else "<url from a callable>"
+
+    async def __call__(self) -> Transport:
+        from ._transport import connect_transport
+
+        url = await _resolve(self._url)
+        self.display_url = redact_url(url) if isinstance(url, str) else self.display_url
+        headers = await _resolve(self._headers)
+        return await connect_transport(url, headers=headers, **self._options)
+
+    def __repr__(self) -> str:
+        return f"<WebSocketFactory {self.display_url}>"
+
+
+async def _resolve(value: Any) -> Any:
+    if callable(value):
+        value = value()
+        if inspect.isawaitable(value):
+            value = await value
+    return value
+
+
+class ReconnectingTransport:
+    """Keeps one connection from ``factory`` open, reconnecting with backoff.
+
+    Use it as an async context manager: entering opens the first connection
+    (and fails at once if it cannot, unless ``retry_first_connect``); leaving
+    flushes the queue and closes. Meanwhile:
+
+    * :meth:`send` writes at once while connected and queues while not
+      (:class:`~wsclient.QueuePolicy`); the queue is flushed, in order, after
+      every reconnect, once the ``on_connect`` hooks are done.
+    * :meth:`receive` (or ``async for``) yields inbound messages across
+      reconnects; or give ``message_handler`` to have them handed over as
+      they arrive, in the reader's task, with no buffering.
+    * :attr:`state`, :meth:`state_changes`, :meth:`on_state_change` and
+      :meth:`statistics` show what is happening, failed attempts included.
+
+    Args:
+        factory: opens one transport; see :class:`WebSocketFactory`.
+        backoff: the delays between attempts; None never reconnects.
+        should_retry: ``should_retry(error)`` returns True (retry), False
+            (give up) or None (use :func:`is_retryable`).
+        heartbeat: how zombie connections are detected; None disables it.
+        app_ping: the message sent as probe when ``heartbeat.app_level``.
+        queue: bounds and overflow policy of the outbound queue.
+        retry_first_connect: retry the first connection too, instead of
+            raising its error from ``__aenter__`` (a service that may start
+            before its server).
+        message_handler: called with every inbound message, in the reader
+            task; it must not block. Exceptions are logged and counted.
+        max_inbound: messages :meth:`receive` buffers before reading stops.
+        hook_timeout: seconds all ``on_connect`` hooks together may take.
+        close_timeout: seconds :meth:`aclose` may spend flushing and closing.
+        name: how logs and ``repr`` name the connection (the URL, without secrets).
+    """
+
+    def __init__(
+        self,
+        factory: TransportFactory,
+        *,
+        backoff: Backoff | None = Backoff(),  # noqa: B008 - frozen, so sharing is safe
+        should_retry: ShouldRetry | None = None,
+        heartbeat: Heartbeat | None = Heartbeat(),  # noqa: B008
+        app_ping: str | bytes | None = None,
+        queue: QueuePolicy = QueuePolicy(),  # noqa: B008
+        retry_first_connect: bool = False,
+        message_handler: MessageHandler | None = None,
+        max_inbound: int = 1024,
+        hook_timeout: float = 30.0,
+        close_timeout: float = 10.0,
+        name: str | None = None,
+    ) -> None:
+        if heartbeat is not None and heartbeat.app_level and app_ping is None:
+            raise ValueError("Heartbeat(app_level=True) needs app_ping, the message to send")
+        if max_inbound < 1:
+            raise ValueError("max_inbound must be at least 1")
+        self._factory = factory
+        self._backoff = backoff
+        self._should_retry = should_retry
+        self._heartbeat = heartbeat
+        self._app_ping = app_ping
+        self._queue = OutboundQueue(queue)
+        self._retry_first_connect = retry_first_connect
+        self._message_handler = message_handler
+        self._hook_timeout = hook_timeout
+        self._close_timeout = close_timeout
+        self._name = name or getattr(factory, "display_url", None) or "connection"
+
+        self._state: ConnectionState | None = None
+        self._hooks: list[OnConnect] = []
+        self._state_callbacks: list[StateCallback] = []
+        self._watchers: set[MemoryObjectSendStream[StateChange]] = set()
+        self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[str | bytes](
+            max_inbound
+        )
+
+        self._stack: AsyncExitStack | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._connection_group: anyio.abc.TaskGroup | None = None
+        self._transport: Transport | None = None
+        self._live: Transport | None = None  # set once hooks are done: direct sends allowed
+        self._flushing = False
+        self._flushed = anyio.Event()  # set when the running flusher stops
+        self._settled = anyio.Event()  # the first connection opened, or we gave up
+        self._closed = anyio.Event()
+        self._closing = False
+        self._failure: BaseException | None = None  # why we are CLOSED, if not by aclose()
+        self._hook_error: BaseException | None = None
+
+        # Statistics
+        self._attempts = 0
+        self._failed_attempts = 0
+        self._connections = 0
+        self._live_transports = 0
+        self._last_error: BaseException | None = None
+        self._opened_at: float | None = None
+        self._probes = 0
+        self._heartbeat_timeouts = 0
+        self._grace_periods = 0
+        self._last_rtt: float | None = None
+        self._messages_received = 0
+        self._handler_errors = 0
+
+    # Observing
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current state (CONNECTING before the first connection opens)."""
+        return self._state or ConnectionState.CONNECTING
+
+    @property
+    def transport(self) -> Transport | None:
+        """The current connection while OPEN, else None."""
+        return self._live
+
+    def on_connect(self, hook: OnConnect) -> OnConnect:
+        """Run ``await hook(transport)`` after every (re)connect, before the queue flushes.
+
+        Hooks run in registration order, while inbound messages flow, and send
+        straight through ``transport`` (queued messages wait for them). A hook
+        that raises fails the attempt: the error goes through the retry policy.
+        Returns ``hook``, so it can be used as a decorator.
+        """
+        self._hooks.append(hook)
+        return hook
+
+    def on_state_change(self, callback: StateCallback) -> StateCallback:
+        """Call ``callback(change)`` on every state change; it must not block.
+
+        Returns ``callback``, so it can be used as a decorator.
+        """
+        self._state_callbacks.append(callback)
+        return callback
+
+    def remove_state_callback(self, callback: StateCallback) -> None:
+        """Stop calling ``callback``; no error if it was not registered."""
+        if callback in self._state_callbacks:
+            self._state_callbacks.remove(callback)
+
+    def state_changes(self, *, max_buffer: int = 64) -> _StateChanges:
+        """An async iterator of the state changes from now on, ending after CLOSED.
+
+        A watcher that falls ``max_buffer`` changes behind misses the newer ones.
+        """
+        send, receive = anyio.create_memory_object_stream[StateChange](max_buffer)
+        if self._state is ConnectionState.CLOSED:
+            send.close()
+        else:
+            self._watchers.add(send)
+        return _StateChanges(receive)
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of this connection's counters."""
+        uptime = None
+        if self._opened_at is not None and self._live is not None:
+            uptime = anyio.current_time() - self._opened_at
+        transport = self._transport
+        return ConnectionStatistics(
+            state=self.state,
+            attempts=self._attempts,
+            failed_attempts=self._failed_attempts,
+            reconnects=max(0, self._connections - 1),
+            last_error=self._last_error,
+            uptime=uptime,
+            heartbeat_probes=self._probes,
+            heartbeat_timeouts=self._heartbeat_timeouts,
+            heartbeat_grace_periods=self._grace_periods,
+            last_rtt=self._last_rtt,
+            messages_received=self._messages_received,
+            handler_errors=self._handler_errors,
+            live_transports=self._live_transports,
+            queue=self._queue.statistics(),
+            transport=transport.statistics() if transport is not None else None,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<ReconnectingTransport {self._name} {self.state.name}"
+            f" attempts={self._attempts} queued={len(self._queue)}>"
+        )
+
+    # Life cycle
+
+    async def __aenter__(self) -> ReconnectingTransport:
+        if self._state is not None:
+            raise InvalidState("a ReconnectingTransport can be entered only once")
+        async with AsyncExitStack() as stack:
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            self._set_state(ConnectionState.CONNECTING)
+            self._task_group.start_soon(self._supervise)
+            try:
+                await self._settled.wait()
+            except BaseException:
+                await self._shut_down()
+                raise
+            if self._failure is not None:
+                raise self._failure
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.aclose()
+        finally:
+            stack, self._stack = self._stack, None
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Flush the queue (bounded by ``close_timeout``), close the connection, stop.
+
+        Idempotent. Messages still queued afterwards are discarded (counted).
+        """
+        if self._closing or self._state is ConnectionState.CLOSED:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self._set_state(ConnectionState.CLOSING)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
+            self._start_flusher()
+            if self._flushing:
+                await self._flushed.wait()
+            transport = self._transport
+            if transport is not None:
+                await transport.aclose(code, reason)
+        await self._shut_down()
+
+    async def _shut_down(self) -> None:
+        self._closing = True
+        transport = self._transport
+        if transport is not None and transport.state is not TransportState.CLOSED:
+            with anyio.CancelScope(shield=True):
+                await transport.abort()
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+        self._finish(None)
+
+    def _finish(self, failure: BaseException | None) -> None:
+        """Enter CLOSED: fail whatever still waits, release every waiter."""
+        if self._state is ConnectionState.CLOSED:
+            return
+        self._failure = failure
+        self._live = None
+        closed: BaseException = failure or InvalidState(f"{self._name} is closed")
+        self._queue.close(closed)
+        self._queue.clear()
+        self._inbound_send.close()
+        self._set_state(ConnectionState.CLOSED, error=failure)
+        for watcher in self._watchers:
+            watcher.close()
+        self._watchers.clear()
+        self._settled.set()
+        self._closed.set()
+
+    # Sending
+
+    async def send(self, data: str | bytes, *, text: bool | None = None) -> None:
+        """Send a message now if connected, else queue it (see :class:`~wsclient.QueuePolicy`).
+
+        With the ``block`` policy this waits for room in the queue. Raises
+        :class:`~wsclient.QueueFull` (``reject``), or the reason the
+        connection is closed for good. A message handed to a connection that
+        dies may be lost: delivery is at most once.
+        """
+        live = self._live
+        if (
+            live is not None
+            and not (self._flushing or self._closing or len(self._queue))
+            # Dead but not yet noticed by the reader: the message waits in the queue.
+            and live.state is TransportState.OPEN
+        ):
+            # A message handed to a socket that then dies is lost (at most
+            # once, as documented); the reader notices the loss and reconnects.
+            with contextlib.suppress(ConnectionClosed):
+                await live.send(data, text=text)
+            return
+        payload, is_text = _to_queue_item(data, text)
+        self._check_open()
+        await self._queue.put(payload, is_text)
+        self._start_flusher()
+
+    def send_nowait(self, data: str | bytes, *, text: bool | None = None) -> bool:
+        """Queue a message without ever waiting; it is written as soon as possible.
+
+        Returns False if the ``drop_newest`` policy dropped it. Raises
+        :class:`~wsclient.QueueFull` when full under ``reject`` or ``block``.
+        """
+        payload, is_text = _to_queue_item(data, text)
+        self._check_open()
+        accepted = self._queue.put_nowait(payload, is_text)
+        self._start_flusher()
+        return accepted
+
+    async def ping(self) -> float:
+        """Ping the server now and return the round trip in seconds; needs OPEN."""
+        live = self._live
+        if live is None:
+            raise InvalidState(f"{self._name} is {self.state.value}, not open")
+        return await live.ping()
+
+    def _check_open(self) -> None:
+        if self._state is ConnectionState.CLOSED or self._closing:
+            if self._failure is not None:
+                raise self._failure
+            raise InvalidState(f"{self._name} is closed")
+
+    def _start_flusher(self) -> None:
+        group = self._connection_group
+        if self._live is not None and group is not None and not self._flushing and len(self._queue):
+            self._flushing = True
+            self._flushed = anyio.Event()
+            group.start_soon(self._flush, self._live)
+
+    async def _flush(self, transport: Transport) -> None:
+        """Write the queue out, in order, until it is empty or the connection ends."""
+        queue = self._queue
+        try:
+            while self._live is transport and transport.state is TransportState.OPEN:
+                item = queue.peek()
+                if item is None:
+                    break
+                queue.pop()
+                try:
+                    await transport.send(item[0], text=item[1])
+                except ConnectionClosed:
+                    break  # at most once: the reader reconnects, the rest waits
+        finally:
+            self._flushing = False
+            self._flushed.set()
+
+    # Receiving
+
+    async def receive(self) -> str | bytes:
+        """The next inbound message, across reconnects.
+
+        Raises the reason once closed and drained: :class:`~wsclient.ReconnectFailed`
+        (or the first connection's error) when it gave up,
+        :class:`~wsclient.ConnectionClosedOK` after :meth:`aclose`.
+        """
+        if self._message_handler is not None:
+            raise InvalidState("messages go to message_handler; receive() is not available")
+        try:
+            return await self._inbound_receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self._failure is not None:
+                raise self._failure from None
+            raise ConnectionClosedOK(1000, "", message=f"{self._name} was closed") from None
+
+    def __aiter__(self) -> ReconnectingTransport:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.receive()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None
+
+    # The supervisor: connect, serve, decide, wait, again.
+
+    async def _supervise(self) -> None:
+        schedule: RetrySchedule | None = None
+        first = True
+        failure: BaseException | None = None
+        try:
+            while not self._closing:
+                transport, error = await self._attempt()
+                opened = short_lived = False
+                if transport is not None:
+                    started = anyio.current_time()
+                    error, opened = await self._serve(transport)
+                    if self._closing:
+                        break
+                    backoff = self._backoff
+                    lived = anyio.current_time() - started
+                    short_lived = opened and backoff is not None and lived < backoff.min_uptime
+                    if short_lived:
+                        self._failed_attempts += 1  # opened, but died too soon to count
+                    elif opened:
+                        schedule = None  # a good connection was lost: a fresh outage
+                self._last_error = error
+                if first and not opened and not self._retry_first_connect:
+                    failure = error
+                    break
+                first = False
+                decision = self._decide(error)
+                if isinstance(decision, BaseException):
+                    failure = decision
+                    break
+                now = anyio.current_time()
+                if schedule is None:
+                    failed = not opened or short_lived
+                    schedule = RetrySchedule(decision, start=now, attempts=1 if failed else 0)
+                delay = schedule.next_delay(now, at_least=_retry_after(error))
+                if delay is None:
+                    failure = self._gave_up(error, schedule)
+                    break
+                self._set_state(
+                    ConnectionState.RECONNECTING,
+                    error=error,
+                    attempt=schedule.attempts,
+                    delay=delay,
+                )
+                await anyio.sleep(delay)
+        finally:
+            if not self._closing or failure is not None:
+                self._finish(failure)
+
+    def _decide(self, error: BaseException | None) -> Backoff | BaseException:
+        """The backoff to retry with, or the error to give up with."""
+        if self._backoff is None:
+            return error or ConnectionClosedOK(1000, "")
+        verdict = None
+        if self._should_retry is not None and error is not None:
+            verdict = self._should_retry(error)
+        if verdict is None:
+            verdict = error is None or is_retryable(error)
+        if not verdict:
+            failure = ReconnectFailed(
+                f"{self._name}: not retrying after a fatal error: {error}",
+                last_error=error,
+                attempts=self._failed_attempts,
+            )
+            failure.__cause__ = error
+            return failure
+        return self._backoff
+
+    def _gave_up(self, error: BaseException | None, schedule: RetrySchedule) -> ReconnectFailed:
+        backoff = schedule.backoff
+        if backoff.max_attempts is not None and schedule.attempts >= backoff.max_attempts:
+            why = f"after {schedule.attempts} failed attempts (max_attempts={backoff.max_attempts})"
+        else:
+            why = f"after {schedule.attempts} failed attempts (deadline={backoff.deadline}s)"
+        failure = ReconnectFailed(
+            f"{self._name}: gave up reconnecting {why}; last error: {error}",
+            last_error=error,
+            attempts=schedule.attempts,
+        )
+        failure.__cause__ = error
+        return failure
+
+    async def _attempt(self) -> tuple[Transport | None, BaseException | None]:
+        self._attempts += 1
+        try:
+            transport = await self._factory()
+        except Exception as exc:  # the retry policy decides; a bug is fatal there
+            self._failed_attempts += 1
+            logger.debug("%s: attempt %d failed: %s", self._name, self._attempts, exc)
+            return None, exc
+        self._live_transports += 1
+        return transport, None
+
+    async def _serve(self, transport: Transport) -> tuple[BaseException, bool]:
+        """Run one connection until it ends: (why it ended, whether it reached OPEN)."""
+        self._transport = transport
+        self._hook_error = None
+        self._opened_at = None
+        try:
+            async with anyio.create_task_group() as group:
+                self._connection_group = group
+                group.start_soon(self._establish, transport)
+                error = await self._read(transport)
+                group.cancel_scope.cancel()
+        finally:
+            self._connection_group = None
+            self._live = None
+            self._flushing = False
+            if transport.state is not TransportState.CLOSED:
+                with anyio.CancelScope(shield=True):
+                    await transport.abort()
+            self._live_transports -= 1
+        opened = self._opened_at is not None
+        if not opened:
+            self._failed_attempts += 1
+        return self._hook_error or error, opened
+
+    async def _establish(self, transport: Transport) -> None:
+        """Run the hooks, declare OPEN, flush the queue."""
+        try:
+            with anyio.fail_after(self._hook_timeout):
+                for hook in list(self._hooks):
+                    await hook(transport)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                exc = ConnectTimeout(
+                    f"on_connect hooks of {self._name} took longer than {self._hook_timeout}s"
+                )
+            self._hook_error = exc
+            logger.debug("%s: on_connect hook failed: %r", self._name, exc)
+            await transport.abort()
+            return
+        if transport.state is not TransportState.OPEN or self._closing:
+            return
+        self._connections += 1
+        self._opened_at = anyio.current_time()
+        self._set_state(ConnectionState.OPEN)
+        self._live = transport
+        self._settled.set()
+        self._start_flusher()
+
+    async def _read(self, transport: Transport) -> BaseException:
+        """Deliver inbound messages until the connection ends; also the heartbeat."""
+        config = self._heartbeat
+        watch = None
+        if config is not None:
+            watch = HeartbeatWatch(config, now=anyio.current_time(), activity=_activity(transport))
+        handler = self._message_handler
+        inbound = self._inbound_send
+        try:
+            while True:
+                held: str | bytes | None = None
+                deadline = watch.deadline if watch is not None else math.inf
+                with anyio.CancelScope(deadline=deadline):
+                    while True:
+                        message = await transport.receive()
+                        self._messages_received += 1
+                        if handler is not None:
+                            try:
+                                handler(message)
+                            except Exception:
+                                self._handler_errors += 1
+                                logger.exception("%s: message handler raised", self._name)
+                        else:
+                            try:
+                                inbound.send_nowait(message)
+                            except anyio.WouldBlock:
+                                held = message
+                                break
+                if held is not None:
+                    # A slow consumer: wait for it, heartbeat paused (the
+                    # silence would be ours), reading paused (backpressure).
+                    await inbound.send(held)
+                    if watch is not None:
+                        watch.restart(now=anyio.current_time(), activity=_activity(transport))
+                    continue
+                if watch is not None:
+                    await self._beat(transport, watch)
+        except ConnectionClosed as exc:
+            return exc
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            # The inbound stream closed: we are shutting down.
+            return ConnectionClosedOK(1000, "", message=f"{self._name} was closed").with_traceback(
+                exc.__traceback__
+            )
+
+    async def _beat(self, transport: Transport, watch: HeartbeatWatch) -> None:
+        """The watch's deadline passed: decide, probe, or declare the connection dead."""
+        verdict = watch.check(now=anyio.current_time(), activity=_activity(transport))
+        self._grace_periods = watch.grace_periods
+        if verdict is Verdict.ALIVE:
+            return
+        if verdict is Verdict.PROBE:
+            self._probes += 1
+            with anyio.move_on_after(max(0.0, watch.deadline - anyio.current_time())):
+                if self._app_ping is not None and watch.config.app_level:
+                    await transport.send(self._app_ping)
+                    return  # the answer, like any message, shows up as activity
+                # Messages keep being read into the transport's buffer while
+                # the ping waits: they count as life too (see below).
+                self._last_rtt = await transport.ping()
+                watch.answered(now=anyio.current_time(), activity=_activity(transport))
+                return
+            verdict = watch.check(now=anyio.current_time(), activity=_activity(transport))
+            if verdict is not Verdict.DEAD:
+                return
+        self._heartbeat_timeouts += 1
+        timeout = watch.config.timeout
+        error = HeartbeatTimeout(
+            f"{self._name}: nothing received for {timeout}s after a heartbeat probe"
+        )
+        logger.info("%s: heartbeat timeout, dropping the connection", self._name)
+        await transport.abort()
+        raise error
+
+    # State
+
+    def _set_state(
+        self,
+        state: ConnectionState,
+        *,
+        error: BaseException | None = None,
+        attempt: int = 0,
+        delay: float | None = None,
+    ) -> None:
+        """The one place the state changes: check, record, log, notify."""
+        previous = self._state
+        if state not in _TRANSITIONS[previous]:
+            raise InvalidState(f"{self._name}: no transition from {previous} to {state}")
+        self._state = state
+        change = StateChange(
+            previous=previous,
+            state=state,
+            error=error,
+            attempt=attempt,
+            delay=delay,
+            at=anyio.current_time(),
+        )
+        _log_change(self._name, change)
+        for callback in list(self._state_callbacks):
+            try:
+                callback(change)
+            except Exception:
+                logger.exception("%s: state callback raised", self._name)
+        for watcher in list(self._watchers):
+            try:
+                watcher.send_nowait(change)
+            except anyio.WouldBlock:
+                pass  # a watcher that fell behind misses changes, it never blocks us
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._watchers.discard(watcher)
+
+
+def _log_change(name: str, change: StateChange) -> None:
+    previous = change.previous.name if change.previous is not None else "-"
+    text = f"{name}: {previous} -> {change.state.name}"
+    if change.state is ConnectionState.RECONNECTING:
+        text += f", attempt {change.attempt} in {change.delay:.3f}s"
+    if change.error is not None:
+        text += f" ({change.error})"
+    failed = change.state is ConnectionState.CLOSED and change.error is not None
+    level = logging.WARNING if failed else logging.INFO
+    logger.log(level, "%s", text)
+
+
+def _activity(transport: Transport) -> int:
+    statistics = transport.statistics()
+    return statistics.bytes_received + statistics.pongs_received
+
+
+def _retry_after(error: BaseException | None) -> float:
+    retry_after = getattr(error, "retry_after", None)
+    return float(retry_after) if retry_after else 0.0
+
+
+def _to_queue_item(data: str | bytes, text: bool | None) -> tuple[bytes, bool]:
+    if isinstance(data, str):
+        return data.encode(), True
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data), bool(text)
+    raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
+
+
+class _StateChanges:
+    """The iterator :meth:`ReconnectingTransport.state_changes` returns."""
+
+    def __init__(self, receive: MemoryObjectReceiveStream[StateChange]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> _StateChanges:
+        return self
+
+    async def __anext__(self) -> StateChange:
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._receive.close()
