@@ -37,6 +37,9 @@ class StuckLink(Link):
     def queue(self, chunks: list[bytes], *, control: bool) -> None:
         self.queued.extend(chunks)
 
+    def clock(self) -> float:
+        return anyio.current_time()
+
     async def flush(self, *, control_only: bool = False) -> None:
         self.flushing.set()
         await self.released.wait()

@@ -9,7 +9,6 @@ the caller's (``anyio.current_time()``), so a fake clock drives them exactly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +21,8 @@ from tenacity.wait import (
     wait_exponential,
     wait_random_exponential,
 )
+
+from ._checks import is_finite_number
 
 __all__ = ["Backoff", "Jitter"]
 
@@ -46,8 +47,8 @@ class Backoff:
         factor: how much each delay grows over the one before.
         jitter: ``"full"``, ``"equal"`` or ``"none"``.
         max_attempts: give up after this many failed attempts in a row (None: never).
-        deadline: give up when the next attempt would start more than this many
-            seconds after the outage began (None: never).
+        deadline: give up when the next attempt would start this many seconds
+            or more after the outage began (None: never).
         min_uptime: a connection that dies within this many seconds of opening
             counts as a failed attempt, so the backoff keeps growing instead of
             starting over (a server that accepts and then drops at once).
@@ -62,21 +63,24 @@ class Backoff:
     min_uptime: float = 5.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.initial) and self.initial > 0):
+        for name in ("initial", "maximum", "factor", "min_uptime"):
+            _require_number(name, getattr(self, name))
+        if self.initial <= 0:
             raise ValueError(f"initial must be a positive number of seconds, not {self.initial!r}")
-        if not (math.isfinite(self.maximum) and self.maximum >= self.initial):
+        if self.maximum < self.initial:
             raise ValueError(f"maximum ({self.maximum!r}) must be at least initial")
-        if not (math.isfinite(self.factor) and self.factor >= 1):
+        if self.factor < 1:
             raise ValueError(f"factor must be at least 1, not {self.factor!r}")
         if self.jitter not in _JITTERS:
             raise ValueError(f"jitter must be one of {', '.join(_JITTERS)}, not {self.jitter!r}")
-        if self.max_attempts is not None and (
-            isinstance(self.max_attempts, bool) or self.max_attempts < 1
-        ):
-            raise ValueError(f"max_attempts must be None or at least 1, not {self.max_attempts!r}")
-        if self.deadline is not None and not (math.isfinite(self.deadline) and self.deadline > 0):
-            raise ValueError(f"deadline must be None or positive, not {self.deadline!r}")
-        if not (math.isfinite(self.min_uptime) and self.min_uptime >= 0):
+        attempts = self.max_attempts
+        if attempts is not None and (type(attempts) is not int or attempts < 1):
+            raise ValueError(f"max_attempts must be None or an int of at least 1, not {attempts!r}")
+        if self.deadline is not None:
+            _require_number("deadline", self.deadline)
+            if self.deadline <= 0:
+                raise ValueError(f"deadline must be None or positive, not {self.deadline!r}")
+        if self.min_uptime < 0:
             raise ValueError(f"min_uptime must be zero or more seconds, not {self.min_uptime!r}")
 
     def wait_strategy(self) -> wait_base:
@@ -103,10 +107,21 @@ class Backoff:
         return stop_any(*stops) if stops else stop_never
 
     def delays(self) -> Iterator[float]:
-        """The delays before attempts 1, 2, ... (``max_attempts`` of them; no ``deadline``)."""
+        """The delays before attempts 1, 2, ... if every attempt failed at once.
+
+        Ends after ``max_attempts`` delays, or when the next attempt would
+        start at or past ``deadline``; endless when neither is set.
+        """
         schedule = RetrySchedule(self, start=0.0)
-        while (delay := schedule.next_delay(0.0)) is not None:
+        now = 0.0
+        while (delay := schedule.next_delay(now)) is not None:
+            now += delay
             yield delay
+
+
+def _require_number(name: str, value: object) -> None:
+    if not is_finite_number(value):
+        raise ValueError(f"{name} must be a finite number, not {value!r}")
 
 
 class RetrySchedule:

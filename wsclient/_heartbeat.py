@@ -6,7 +6,7 @@ configuration; :class:`HeartbeatWatch` is the bookkeeping for one connection,
 pure and clock-agnostic, driven by the connection's reader:
 
 * Any inbound byte counts as life: a busy connection is never probed.
-* After ``interval`` seconds with nothing received, the reader sends a probe
+* Once nothing has been received for ``interval`` seconds, the reader sends a probe
   (a protocol ping, or the dialect's ping message) and waits ``timeout``
   seconds for anything at all to arrive.
 * Nothing arrived: the connection is declared dead (``HeartbeatTimeout``).
@@ -22,8 +22,9 @@ thousand timers, one tick per interval each.
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
+
+from ._checks import is_finite_number
 
 __all__ = ["Heartbeat"]
 
@@ -46,75 +47,75 @@ class Heartbeat:
     def __post_init__(self) -> None:
         for name in ("interval", "timeout"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (is_finite_number(value) and value > 0):
                 raise ValueError(f"heartbeat {name} must be a positive number, not {value!r}")
 
 
 class Verdict(enum.Enum):
     """What the reader does when the watch's deadline passes."""
 
-    ALIVE = "alive"  # something arrived: wait another interval
-    PROBE = "probe"  # silence: send a probe, wait for an answer
+    ALIVE = "alive"  # heard from the server lately: wait until the next deadline
+    PROBE = "probe"  # silence for an interval: send a probe, wait for an answer
     DEAD = "dead"  # silence after a probe: fail the connection
 
 
 class HeartbeatWatch:
     """The heartbeat state of one connection; see the module docstring.
 
-    ``activity`` is any counter that grows when something is received (the
-    transport's ``bytes_received``); the watch only compares its values.
+    ``last_received`` is when the transport last received anything (its
+    ``statistics().last_received_at``), on the same clock as ``now``. The
+    watch probes once nothing has arrived for ``interval`` seconds, so a link
+    that goes silent is declared dead ``interval + timeout`` after the last
+    thing it delivered.
     """
 
-    __slots__ = ("_activity", "_probing", "config", "deadline", "grace_periods", "probes")
+    __slots__ = ("_probed_at", "_since", "config", "deadline", "grace_periods", "probes")
 
-    def __init__(self, config: Heartbeat, *, now: float, activity: int) -> None:
+    def __init__(self, config: Heartbeat, *, now: float) -> None:
         self.config = config
         self.deadline = now + config.interval
         self.probes = 0
         self.grace_periods = 0
-        self._activity = activity
-        self._probing = False
+        self._since = now  # the connection opening counts as hearing from the server
+        self._probed_at: float | None = None
 
     @property
     def probing(self) -> bool:
         """True while a probe waits for an answer."""
-        return self._probing
+        return self._probed_at is not None
 
-    def check(self, *, now: float, activity: int) -> Verdict:
+    def check(self, *, now: float, last_received: float | None) -> Verdict:
         """Decide what to do now that the deadline has passed."""
         config = self.config
-        late = now - self.deadline
-        if activity != self._activity:
-            self._activity = activity
-            self._probing = False
-            self.deadline = now + config.interval
+        heard = self._since if last_received is None else max(last_received, self._since)
+        quiet_until = heard + config.interval
+        if now < quiet_until:  # compared as computed, so float rounding cannot loop
+            self._probed_at = None
+            self.deadline = quiet_until
             return Verdict.ALIVE
-        if late > config.interval:
+        if now - self.deadline > config.interval:
             # We slept through our own deadline: the process, not the peer,
             # was silent. Probe again and give the answer a full interval.
             self.grace_periods += 1
             self._probe(now, config.interval)
             return Verdict.PROBE
-        if not self._probing:
-            self._probe(now, config.timeout)
-            return Verdict.PROBE
-        return Verdict.DEAD
+        probed_at = self._probed_at
+        if probed_at is not None and heard < probed_at:
+            return Verdict.DEAD
+        self._probe(now, config.timeout)
+        return Verdict.PROBE
 
-    def answered(self, *, now: float, activity: int) -> None:
-        """A probe's answer arrived (a pong): back to waiting an interval."""
-        self._activity = activity
-        self._probing = False
+    def restart(self, *, now: float) -> None:
+        """Start a fresh interval: after a probe's answer, or a pause of the reader."""
+        self._since = now
+        self._probed_at = None
         self.deadline = now + self.config.interval
-
-    def restart(self, *, now: float, activity: int) -> None:
-        """Start a fresh interval (after the reader was paused by a slow consumer)."""
-        self.answered(now=now, activity=activity)
 
     def _probe(self, now: float, wait: float) -> None:
         self.probes += 1
-        self._probing = True
+        self._probed_at = now
         self.deadline = now + wait
 
     def __repr__(self) -> str:
-        state = "probing" if self._probing else "waiting"
+        state = "probing" if self.probing else "waiting"
         return f"<HeartbeatWatch {state} deadline={self.deadline:.3f} probes={self.probes}>"

@@ -72,6 +72,10 @@ class Link(ABC):
     lost: bool = False
 
     @abstractmethod
+    def clock(self) -> float:
+        """The event loop's time (``anyio.current_time()``), cheaply."""
+
+    @abstractmethod
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Return once ``condition()`` holds, making inbound progress meanwhile."""
 
@@ -140,6 +144,9 @@ class AsyncioLink(asyncio.Protocol, Link):
         self._drained: list[asyncio.Future[None]] = []
         self._reading_paused = False
         self._lost_future: asyncio.Future[None] = self._loop.create_future()
+
+    def clock(self) -> float:
+        return self._loop.time()
 
     # asyncio.Protocol callbacks
 
@@ -322,6 +329,9 @@ class StreamLink(Link):
         self._waiting = 0  # tasks waiting on _changed
         self._reading_paused = False
         self._eof_requested = False
+
+    def clock(self) -> float:
+        return anyio.current_time()
 
     def wake(self) -> None:
         if self._waiting:

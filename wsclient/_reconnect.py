@@ -20,6 +20,7 @@ import inspect
 import logging
 import math
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -28,7 +29,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._backoff import Backoff, RetrySchedule
 from ._exceptions import (
@@ -267,7 +267,7 @@ class ReconnectingTransport:
         self._state: ConnectionState | None = None
         self._hooks: list[OnConnect] = []
         self._state_callbacks: list[StateCallback] = []
-        self._watchers: set[MemoryObjectSendStream[StateChange]] = set()
+        self._watchers: list[_StateChanges] = []
         self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[str | bytes](
             max_inbound
         )
@@ -275,6 +275,7 @@ class ReconnectingTransport:
         self._stack: AsyncExitStack | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._connection_group: anyio.abc.TaskGroup | None = None
+        self._supervisor_scope = anyio.CancelScope()
         self._transport: Transport | None = None
         self._live: Transport | None = None  # set once hooks are done: direct sends allowed
         self._flushing = False
@@ -340,12 +341,14 @@ class ReconnectingTransport:
 
         A watcher that falls ``max_buffer`` changes behind misses the newer ones.
         """
-        send, receive = anyio.create_memory_object_stream[StateChange](max_buffer)
+        if max_buffer < 1:
+            raise ValueError("max_buffer must be at least 1")
+        watcher = _StateChanges(max_buffer)
         if self._state is ConnectionState.CLOSED:
-            send.close()
+            watcher._end()
         else:
-            self._watchers.add(send)
-        return _StateChanges(receive)
+            self._watchers.append(watcher)
+        return watcher
 
     def statistics(self) -> ConnectionStatistics:
         """A snapshot of this connection's counters."""
@@ -382,18 +385,24 @@ class ReconnectingTransport:
     async def __aenter__(self) -> ReconnectingTransport:
         if self._state is not None:
             raise InvalidState("a ReconnectingTransport can be entered only once")
-        async with AsyncExitStack() as stack:
-            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        stack = AsyncExitStack()
+        self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        try:
             self._set_state(ConnectionState.CONNECTING)
             self._task_group.start_soon(self._supervise)
-            try:
-                await self._settled.wait()
-            except BaseException:
-                await self._shut_down()
-                raise
-            if self._failure is not None:
-                raise self._failure
-            self._stack = stack.pop_all()
+            await self._settled.wait()
+        except BaseException:
+            await self._shut_down()
+            await stack.aclose()
+            self._inbound_receive.close()
+            raise
+        if self._failure is not None:
+            # Leave the group first: the error then propagates as itself,
+            # not wrapped in an ExceptionGroup.
+            await stack.aclose()
+            self._inbound_receive.close()
+            raise self._failure
+        self._stack = stack
         return self
 
     async def __aexit__(
@@ -407,7 +416,11 @@ class ReconnectingTransport:
         finally:
             stack, self._stack = self._stack, None
             if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
+                # Our tasks are cancelled and never raise: leaving the group
+                # without the body's exception lets it propagate as itself,
+                # not wrapped in an ExceptionGroup.
+                await stack.aclose()
+            self._inbound_receive.close()
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Flush the queue (bounded by ``close_timeout``), close the connection, stop.
@@ -434,8 +447,8 @@ class ReconnectingTransport:
         if transport is not None and transport.state is not TransportState.CLOSED:
             with anyio.CancelScope(shield=True):
                 await transport.abort()
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
+        # Only our own tasks: the task group's scope also holds the caller's body.
+        self._supervisor_scope.cancel()
         self._finish(None)
 
     def _finish(self, failure: BaseException | None) -> None:
@@ -450,7 +463,7 @@ class ReconnectingTransport:
         self._inbound_send.close()
         self._set_state(ConnectionState.CLOSED, error=failure)
         for watcher in self._watchers:
-            watcher.close()
+            watcher._end()
         self._watchers.clear()
         self._settled.set()
         self._closed.set()
@@ -545,9 +558,11 @@ class ReconnectingTransport:
         try:
             return await self._inbound_receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if self._failure is not None:
-                raise self._failure from None
-            raise ConnectionClosedOK(1000, "", message=f"{self._name} was closed") from None
+            pass
+        # Raised outside the except clause: the failure keeps its own cause.
+        if self._failure is not None:
+            raise self._failure
+        raise ConnectionClosedOK(1000, "", message=f"{self._name} was closed")
 
     def __aiter__(self) -> ReconnectingTransport:
         return self
@@ -561,6 +576,10 @@ class ReconnectingTransport:
     # The supervisor: connect, serve, decide, wait, again.
 
     async def _supervise(self) -> None:
+        with self._supervisor_scope:
+            await self._reconnect_forever()
+
+    async def _reconnect_forever(self) -> None:
         schedule: RetrySchedule | None = None
         first = True
         failure: BaseException | None = None
@@ -591,8 +610,7 @@ class ReconnectingTransport:
                     break
                 now = anyio.current_time()
                 if schedule is None:
-                    failed = not opened or short_lived
-                    schedule = RetrySchedule(decision, start=now, attempts=1 if failed else 0)
+                    schedule = RetrySchedule(decision, start=now)
                 delay = schedule.next_delay(now, at_least=_retry_after(error))
                 if delay is None:
                     failure = self._gave_up(error, schedule)
@@ -662,6 +680,9 @@ class ReconnectingTransport:
                 self._connection_group = group
                 group.start_soon(self._establish, transport)
                 error = await self._read(transport)
+                # No await since the reader returned: no flusher can start now.
+                self._connection_group = None
+                self._live = None
                 group.cancel_scope.cancel()
         finally:
             self._connection_group = None
@@ -705,7 +726,7 @@ class ReconnectingTransport:
         config = self._heartbeat
         watch = None
         if config is not None:
-            watch = HeartbeatWatch(config, now=anyio.current_time(), activity=_activity(transport))
+            watch = HeartbeatWatch(config, now=anyio.current_time())
         handler = self._message_handler
         inbound = self._inbound_send
         try:
@@ -733,7 +754,7 @@ class ReconnectingTransport:
                     # silence would be ours), reading paused (backpressure).
                     await inbound.send(held)
                     if watch is not None:
-                        watch.restart(now=anyio.current_time(), activity=_activity(transport))
+                        watch.restart(now=anyio.current_time())
                     continue
                 if watch is not None:
                     await self._beat(transport, watch)
@@ -746,8 +767,8 @@ class ReconnectingTransport:
             )
 
     async def _beat(self, transport: Transport, watch: HeartbeatWatch) -> None:
-        """The watch's deadline passed: decide, probe, or declare the connection dead."""
-        verdict = watch.check(now=anyio.current_time(), activity=_activity(transport))
+        """The watch's deadline passed: wait on, probe, or declare the connection dead."""
+        verdict = watch.check(now=anyio.current_time(), last_received=_last_received(transport))
         self._grace_periods = watch.grace_periods
         if verdict is Verdict.ALIVE:
             return
@@ -756,19 +777,18 @@ class ReconnectingTransport:
             with anyio.move_on_after(max(0.0, watch.deadline - anyio.current_time())):
                 if self._app_ping is not None and watch.config.app_level:
                     await transport.send(self._app_ping)
-                    return  # the answer, like any message, shows up as activity
-                # Messages keep being read into the transport's buffer while
-                # the ping waits: they count as life too (see below).
+                    return  # the answer, like any message, shows up as life
+                # Messages are still read into the transport's buffer while
+                # the ping waits, and count as life if the pong is late.
                 self._last_rtt = await transport.ping()
-                watch.answered(now=anyio.current_time(), activity=_activity(transport))
+                watch.restart(now=anyio.current_time())
                 return
-            verdict = watch.check(now=anyio.current_time(), activity=_activity(transport))
+            verdict = watch.check(now=anyio.current_time(), last_received=_last_received(transport))
             if verdict is not Verdict.DEAD:
                 return
         self._heartbeat_timeouts += 1
-        timeout = watch.config.timeout
         error = HeartbeatTimeout(
-            f"{self._name}: nothing received for {timeout}s after a heartbeat probe"
+            f"{self._name}: nothing received for {watch.config.timeout}s after a heartbeat probe"
         )
         logger.info("%s: heartbeat timeout, dropping the connection", self._name)
         await transport.abort()
@@ -803,13 +823,8 @@ class ReconnectingTransport:
                 callback(change)
             except Exception:
                 logger.exception("%s: state callback raised", self._name)
-        for watcher in list(self._watchers):
-            try:
-                watcher.send_nowait(change)
-            except anyio.WouldBlock:
-                pass  # a watcher that fell behind misses changes, it never blocks us
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                self._watchers.discard(watcher)
+        for watcher in self._watchers:
+            watcher._push(change)  # one that fell behind misses changes; it never blocks us
 
 
 def _log_change(name: str, change: StateChange) -> None:
@@ -824,9 +839,8 @@ def _log_change(name: str, change: StateChange) -> None:
     logger.log(level, "%s", text)
 
 
-def _activity(transport: Transport) -> int:
-    statistics = transport.statistics()
-    return statistics.bytes_received + statistics.pongs_received
+def _last_received(transport: Transport) -> float | None:
+    return transport.statistics().last_received_at
 
 
 def _retry_after(error: BaseException | None) -> float:
@@ -845,18 +859,31 @@ def _to_queue_item(data: str | bytes, text: bool | None) -> tuple[bytes, bool]:
 class _StateChanges:
     """The iterator :meth:`ReconnectingTransport.state_changes` returns."""
 
-    def __init__(self, receive: MemoryObjectReceiveStream[StateChange]) -> None:
-        self._receive = receive
+    def __init__(self, max_buffer: int) -> None:
+        self._buffer: deque[StateChange] = deque()
+        self._max_buffer = max_buffer
+        self._arrived = anyio.Event()
+        self._ended = False
+        self.missed = 0  # changes dropped because the watcher fell behind
+
+    def _push(self, change: StateChange) -> None:
+        if len(self._buffer) < self._max_buffer:
+            self._buffer.append(change)
+        else:
+            self.missed += 1
+        self._arrived.set()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._arrived.set()
 
     def __aiter__(self) -> _StateChanges:
         return self
 
     async def __anext__(self) -> StateChange:
-        try:
-            return await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    def close(self) -> None:
-        """Stop watching."""
-        self._receive.close()
+        while not self._buffer:
+            if self._ended:
+                raise StopAsyncIteration
+            self._arrived = anyio.Event()
+            await self._arrived.wait()
+        return self._buffer.popleft()

@@ -106,6 +106,8 @@ class TransportStatistics:
     messages_buffered: int
     read_pauses: int
     messages_discarded: int
+    #: When the last bytes arrived, on the event loop's clock (``anyio.current_time()``).
+    last_received_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -121,6 +123,7 @@ class TransportCounters:
     last_rtt: float | None = None
     read_pauses: int = 0
     messages_discarded: int = 0
+    last_received_at: float | None = None
 
     def snapshot(self, state: TransportState, messages_buffered: int) -> TransportStatistics:
         return TransportStatistics(
@@ -135,6 +138,7 @@ class TransportCounters:
             messages_buffered=messages_buffered,
             read_pauses=self.read_pauses,
             messages_discarded=self.messages_discarded,
+            last_received_at=self.last_received_at,
         )
 
 
@@ -399,7 +403,10 @@ class WebSocketTransport(Transport, LinkOwner):
     # Link callbacks: run synchronously as bytes arrive, so they must not block.
 
     def bytes_received(self, data: bytes) -> None:
-        self._counters.bytes_received += len(data)
+        counters = self._counters
+        counters.bytes_received += len(data)
+        if self._link is not None:
+            counters.last_received_at = self._link.clock()  # the heartbeat's evidence of life
         protocol = self._protocol
         protocol.receive_data(data)
         inbox = self._inbox

@@ -493,6 +493,7 @@ class MemoryTransport(Transport):
         """Handle a frame due now; called by the link, must not block."""
         if self._closed:
             return
+        self._counters.last_received_at = at
         kind = frame.kind
         if kind is _Kind.EOF:
             self._set_closed(at)

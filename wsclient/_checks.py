@@ -1,0 +1,18 @@
+"""Checks shared by the configuration dataclasses."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+__all__: list[str] = []
+
+
+def is_finite_number(value: object) -> bool:
+    """True for a real number (not a bool) that a float can hold and that is finite."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too big for a float
+        return False
