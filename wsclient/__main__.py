@@ -77,6 +77,8 @@ def _add_demo(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _run_demo(args: argparse.Namespace) -> int:
     from wsclient._demo import run_demo
 
+    # The demo narrates state changes itself; the log would say them twice.
+    logging.getLogger("wsclient.reconnect").setLevel(logging.WARNING)
     try:
         anyio.run(run_demo, backend=args.backend)
     except KeyboardInterrupt:
