@@ -129,3 +129,49 @@ async def test_stream_link_sends_pings_before_queued_data() -> None:
         stream.release.set()
     assert stream.sent == [DATA[0], PING + DATA[1] + DATA[2]]
     assert not link.backlogged
+
+
+async def test_stream_link_control_flush_does_not_wait_for_a_busy_writer() -> None:
+    """flush(control_only=True) returns at once while a writer is stuck; the ping goes next."""
+    stream = RecordingStream()
+    link = StreamLink(Owner(), stream)
+    async with anyio.create_task_group() as tg:
+        link.queue([DATA[0]], control=False)
+        tg.start_soon(link.flush)
+        await anyio.wait_all_tasks_blocked()  # the data writer is stuck in send()
+        link.queue([DATA[1]], control=False)
+        link.queue([PING], control=True)
+        with anyio.fail_after(1):
+            await link.flush(control_only=True)  # a heartbeat must not wait for the data
+        assert stream.sent == [DATA[0]]
+        stream.release.set()
+    assert stream.sent == [DATA[0], PING + DATA[1]]
+
+
+async def test_stream_link_control_flush_writes_only_control_frames() -> None:
+    """With no writer busy, flush(control_only=True) writes the ping and leaves the data queued."""
+    stream = RecordingStream()
+    stream.sent.append(b"earlier")  # sends no longer block
+    link = StreamLink(Owner(), stream)
+    link.queue([DATA[0]], control=False)
+    link.queue([PING], control=True)
+    await link.flush(control_only=True)
+    assert stream.sent == [b"earlier", PING]
+    assert link.backlogged
+    await link.flush()
+    assert stream.sent == [b"earlier", PING, DATA[0]]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_asyncio_link_control_flush_ignores_held_back_data(anyio_backend: str) -> None:
+    """On asyncio the ping is written at once; flush(control_only=True) does not wait for data."""
+    link = AsyncioLink(Owner())
+    transport = RecordingTransport()
+    link.connection_made(transport)
+    link.pause_writing()
+    link.queue([DATA[0]], control=False)
+    link.queue([PING], control=True)
+    with anyio.fail_after(1):
+        await link.flush(control_only=True)
+    assert transport.writes == [PING]
+    assert link.backlogged

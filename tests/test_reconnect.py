@@ -741,6 +741,24 @@ async def test_reconnect_disabled_closes_on_loss() -> None:
         assert server.attempts == [0]
 
 
+async def test_send_refuses_what_is_not_str_or_bytes() -> None:
+    """A bad message type raises TypeError whether the link is up or down; nothing is queued."""
+    server = Server()
+    rt = ReconnectingTransport(server, backoff=NO_JITTER, heartbeat=None)
+    async with rt:
+        with pytest.raises(TypeError):
+            await rt.send(3)  # type: ignore[arg-type]
+        await anyio.sleep(10)
+        server.failures.append(refused())
+        server.end.break_link()
+        await until_state(rt, C.RECONNECTING)
+        with pytest.raises(TypeError):
+            await rt.send(3)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            rt.send_nowait(None)  # type: ignore[arg-type]
+        assert rt.statistics().queue.queued == 0
+
+
 async def test_repr_and_statistics_show_state() -> None:
     """repr shows the name and state; statistics count attempts and uptime."""
     server = Server()

@@ -60,6 +60,16 @@ async def test_text_and_binary_round_trips() -> None:
         assert stats.bytes_received > 0
 
 
+@pytest.mark.parametrize("data", [3, None, ["list"]])
+async def test_send_refuses_what_is_not_str_or_bytes(data: object) -> None:
+    """send() raises TypeError for other types instead of sending garbage; the link lives on."""
+    async with running_server() as server, await connect_transport(server.url) as transport:
+        with pytest.raises(TypeError, match="str or bytes"):
+            await transport.send(data)  # type: ignore[arg-type]
+        await transport.send(memoryview(b"still fine"))
+        assert await transport.receive() == b"still fine"
+
+
 async def test_messages_keep_their_order() -> None:
     """Many pipelined messages come back complete and in order."""
     async with running_server() as server, await connect_transport(server.url) as transport:

@@ -300,6 +300,9 @@ class WebSocketTransport(Transport, LinkOwner):
             data, opcode = data.encode(), _TEXT
         else:
             if not isinstance(data, (bytes, bytearray)):
+                if not isinstance(data, memoryview):
+                    # bytes(3) would send three zero bytes: refuse instead.
+                    raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
                 data = bytes(data)  # a memoryview's len() counts items, not bytes
             opcode = _TEXT if text else _BINARY
         if protocol.extensions or protocol.expect_continuation_frame or protocol.writes:
