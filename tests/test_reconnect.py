@@ -285,6 +285,63 @@ async def test_should_retry_overrides_the_policy() -> None:
         assert len(seen) == 2
 
 
+async def test_should_retry_that_raises_gives_up_with_its_error() -> None:
+    """A should_retry that raises ends reconnecting with ReconnectFailed caused by it."""
+    server = Server()
+
+    def should_retry(error: BaseException) -> bool | None:
+        raise RuntimeError("policy bug")
+
+    rt = ReconnectingTransport(server, backoff=NO_JITTER, heartbeat=None, should_retry=should_retry)
+    async with rt:
+        server.end.break_link()
+        with pytest.raises(ReconnectFailed, match="policy bug") as caught:
+            await rt.receive()
+        assert isinstance(caught.value.__cause__, RuntimeError)
+        assert isinstance(caught.value.last_error, ConnectionClosedError)
+
+
+async def test_fatal_error_reports_the_attempts_of_this_outage() -> None:
+    """Two refusals then a 401: ReconnectFailed.attempts is 3, the attempts since the loss."""
+    server = Server()
+    rt = ReconnectingTransport(server, backoff=NO_JITTER, heartbeat=None)
+    async with rt:
+        await anyio.sleep(10)
+        server.failures.extend([refused(), refused(), ConnectError("HTTP 401", status=401)])
+        server.end.break_link()
+        with pytest.raises(ReconnectFailed) as caught:
+            await rt.receive()
+        assert caught.value.attempts == 3
+        assert server.attempts == [0, 11, 13, 17]
+
+
+async def test_retry_after_is_ignored_for_other_statuses() -> None:
+    """Retry-After counts for 429 and 503 only: a 500 carrying one waits the backoff."""
+    server = Server()
+    rt = ReconnectingTransport(server, backoff=NO_JITTER, heartbeat=None)
+    async with rt:
+        await anyio.sleep(10)
+        server.failures.append(ConnectError("HTTP 500", status=500, retry_after=60.0))
+        server.end.break_link()
+        await server.wait_for_connection(2)
+        assert server.attempts == [0, 11, 13]
+
+
+async def test_statistics_show_no_transport_while_reconnecting() -> None:
+    """statistics().transport is the current connection's, None between connections."""
+    server = Server()
+    rt = ReconnectingTransport(server, backoff=NO_JITTER, heartbeat=None)
+    async with rt:
+        assert rt.statistics().transport is not None
+        await anyio.sleep(10)
+        server.failures.append(refused())
+        server.end.break_link()
+        await until_state(rt, C.RECONNECTING)
+        await anyio.sleep(0.5)
+        assert rt.statistics().transport is None
+        assert rt.transport is None
+
+
 async def test_first_connect_fails_fast_by_default() -> None:
     """Without retry_first_connect, entering raises the first attempt's error."""
     server = Server()
@@ -568,12 +625,14 @@ async def test_queue_overflow_policies(
         server.failures.append(refused())
         server.end.break_link()
         rejected = 0
+        accepted = []
         for number in range(5):
             try:
-                await rt.send(f"m{number}")
+                accepted.append(await rt.send(f"m{number}"))
             except QueueFull:
                 rejected += 1
         assert rejected == counters.get("rejected", 0)
+        assert accepted.count(False) == counters.get("dropped_newest", 0)
         second = await server.wait_for_connection(2)
         assert [await second.receive() for _ in range(3)] == expected
         stats = rt.statistics().queue

@@ -262,7 +262,7 @@ class ReconnectingTransport:
         self._message_handler = message_handler
         self._hook_timeout = hook_timeout
         self._close_timeout = close_timeout
-        self._name = name or getattr(factory, "display_url", None) or "connection"
+        self._given_name = name
 
         self._state: ConnectionState | None = None
         self._hooks: list[OnConnect] = []
@@ -301,6 +301,11 @@ class ReconnectingTransport:
         self._handler_errors = 0
 
     # Observing
+
+    @property
+    def _name(self) -> str:
+        # Read each time: a factory with a callable URL learns it per attempt.
+        return self._given_name or getattr(self._factory, "display_url", None) or "connection"
 
     @property
     def state(self) -> ConnectionState:
@@ -470,10 +475,11 @@ class ReconnectingTransport:
 
     # Sending
 
-    async def send(self, data: str | bytes, *, text: bool | None = None) -> None:
+    async def send(self, data: str | bytes, *, text: bool | None = None) -> bool:
         """Send a message now if connected, else queue it (see :class:`~wsclient.QueuePolicy`).
 
-        With the ``block`` policy this waits for room in the queue. Raises
+        Returns False if the ``drop_newest`` policy dropped it. With the
+        ``block`` policy this waits for room in the queue. Raises
         :class:`~wsclient.QueueFull` (``reject``), or the reason the
         connection is closed for good. A message handed to a connection that
         dies may be lost: delivery is at most once.
@@ -489,11 +495,12 @@ class ReconnectingTransport:
             # once, as documented); the reader notices the loss and reconnects.
             with contextlib.suppress(ConnectionClosed):
                 await live.send(data, text=text)
-            return
+            return True
         payload, is_text = _to_queue_item(data, text)
         self._check_open()
-        await self._queue.put(payload, is_text)
+        accepted = await self._queue.put(payload, is_text)
         self._start_flusher()
+        return accepted
 
     def send_nowait(self, data: str | bytes, *, text: bool | None = None) -> bool:
         """Queue a message without ever waiting; it is written as soon as possible.
@@ -604,7 +611,7 @@ class ReconnectingTransport:
                     failure = error
                     break
                 first = False
-                decision = self._decide(error)
+                decision = self._decide(error, schedule.attempts if schedule else 0)
                 if isinstance(decision, BaseException):
                     failure = decision
                     break
@@ -626,20 +633,33 @@ class ReconnectingTransport:
             if not self._closing or failure is not None:
                 self._finish(failure)
 
-    def _decide(self, error: BaseException | None) -> Backoff | BaseException:
-        """The backoff to retry with, or the error to give up with."""
+    def _decide(self, error: BaseException | None, attempts: int) -> Backoff | BaseException:
+        """The backoff to retry with, or the error to give up with.
+
+        ``attempts`` is how many attempts of the current outage failed so far.
+        """
         if self._backoff is None:
             return error or ConnectionClosedOK(1000, "")
         verdict = None
         if self._should_retry is not None and error is not None:
-            verdict = self._should_retry(error)
+            try:
+                verdict = self._should_retry(error)
+            except Exception as exc:
+                logger.exception("%s: should_retry raised; giving up", self._name)
+                failure = ReconnectFailed(
+                    f"{self._name}: should_retry raised {exc!r} deciding about: {error}",
+                    last_error=error,
+                    attempts=attempts,
+                )
+                failure.__cause__ = exc
+                return failure
         if verdict is None:
             verdict = error is None or is_retryable(error)
         if not verdict:
             failure = ReconnectFailed(
                 f"{self._name}: not retrying after a fatal error: {error}",
                 last_error=error,
-                attempts=self._failed_attempts,
+                attempts=attempts,
             )
             failure.__cause__ = error
             return failure
@@ -692,6 +712,7 @@ class ReconnectingTransport:
                 with anyio.CancelScope(shield=True):
                     await transport.abort()
             self._live_transports -= 1
+            self._transport = None
         opened = self._opened_at is not None
         if not opened:
             self._failed_attempts += 1
@@ -768,8 +789,9 @@ class ReconnectingTransport:
 
     async def _beat(self, transport: Transport, watch: HeartbeatWatch) -> None:
         """The watch's deadline passed: wait on, probe, or declare the connection dead."""
+        graces = watch.grace_periods
         verdict = watch.check(now=anyio.current_time(), last_received=_last_received(transport))
-        self._grace_periods = watch.grace_periods
+        self._grace_periods += watch.grace_periods - graces
         if verdict is Verdict.ALIVE:
             return
         if verdict is Verdict.PROBE:
@@ -844,8 +866,10 @@ def _last_received(transport: Transport) -> float | None:
 
 
 def _retry_after(error: BaseException | None) -> float:
-    retry_after = getattr(error, "retry_after", None)
-    return float(retry_after) if retry_after else 0.0
+    """The server's Retry-After, honoured for 429 and 503 (RFC 9110 10.2.3)."""
+    if isinstance(error, ConnectError) and error.status in (429, 503) and error.retry_after:
+        return error.retry_after
+    return 0.0
 
 
 def _to_queue_item(data: str | bytes, text: bool | None) -> tuple[bytes, bool]:
