@@ -128,14 +128,21 @@ class RetrySchedule:
     """The attempts of one outage: how long to wait before each, and when to stop.
 
     ``attempts`` counts the attempts made so far, all of which failed (a
-    connection that died within ``min_uptime`` counts as one). Call
-    :meth:`next_delay` before each attempt.
+    connection that died within ``min_uptime`` counts as one). Attempts made
+    before the schedule began (the very first connection failed) are
+    ``prior_attempts``: they count toward ``max_attempts``, but the delays
+    still start at ``initial``. Call :meth:`next_delay` before each attempt.
     """
 
-    def __init__(self, backoff: Backoff, *, start: float, attempts: int = 0) -> None:
+    def __init__(
+        self, backoff: Backoff, *, start: float, attempts: int = 0, prior_attempts: int = 0
+    ) -> None:
         self.backoff = backoff
         self.start = start
-        self.attempts = attempts
+        self.attempts = attempts + prior_attempts
+        # Attempts made before the schedule began (a first connection that
+        # failed) count toward max_attempts, but the delays start at initial.
+        self._before = prior_attempts
         self._wait = backoff.wait_strategy()
         self._stop = backoff.stop_strategy()
         # tenacity's strategies read their inputs from a call state; we fill
@@ -150,7 +157,8 @@ class RetrySchedule:
         that would start the attempt past ``deadline`` gives up instead.
         """
         state = self._state
-        state.attempt_number = self.attempts + 1  # the attempt we are about to wait for
+        # The wait strategy numbers the retries of this schedule from 1.
+        state.attempt_number = self.attempts - self._before + 1
         delay = max(float(self._wait(state)), at_least)
         state.attempt_number = self.attempts  # failed so far
         state.outcome_timestamp = now

@@ -145,6 +145,11 @@ class OutboundQueue:
         """Bytes waiting now (the sum of ``len(data)``)."""
         return self._nbytes
 
+    @property
+    def waiting(self) -> int:
+        """How many ``put()`` calls wait for room (``block``)."""
+        return len(self._putters)
+
     def __len__(self) -> int:
         return len(self._messages)
 

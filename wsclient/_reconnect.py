@@ -20,6 +20,7 @@ import inspect
 import logging
 import math
 import ssl
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -39,13 +40,20 @@ from ._exceptions import (
     HeartbeatTimeout,
     InvalidState,
     InvalidURL,
+    QueueFull,
     ReconnectFailed,
     WSClientError,
 )
 from ._heartbeat import Heartbeat, HeartbeatWatch, Verdict
 from ._outbound import OutboundQueue, QueuePolicy, QueueStatistics
 from ._redact import redact_url
-from ._transport import HeadersLike, Transport, TransportState, TransportStatistics
+from ._transport import (
+    HeadersLike,
+    Transport,
+    TransportState,
+    TransportStatistics,
+    check_close,
+)
 
 __all__ = [
     "ConnectionState",
@@ -79,7 +87,7 @@ _C = ConnectionState
 # Every transition allowed, in one table; RECONNECTING -> RECONNECTING is a
 # failed attempt, reported so that failures are visible as they happen.
 _TRANSITIONS: Mapping[ConnectionState | None, frozenset[ConnectionState]] = {
-    None: frozenset({_C.CONNECTING}),
+    None: frozenset({_C.CONNECTING, _C.CLOSED}),  # CLOSED: aclose() before entering
     _C.CONNECTING: frozenset({_C.OPEN, _C.RECONNECTING, _C.CLOSING, _C.CLOSED}),
     _C.OPEN: frozenset({_C.RECONNECTING, _C.CLOSING, _C.CLOSED}),
     _C.RECONNECTING: frozenset({_C.RECONNECTING, _C.OPEN, _C.CLOSING, _C.CLOSED}),
@@ -139,10 +147,11 @@ def is_retryable(error: BaseException) -> bool:
     status: a wrong path or a redirect will not fix itself), TLS certificate
     failures, invalid URLs, close codes 1008 (policy violation), 3000
     (unauthorized), 3003 (forbidden) and 4000-4999 (the application's own),
-    and errors that are not network errors at all (a bug in a hook).
+    misuse of the API (``InvalidState``, ``QueueFull`` raised in a hook) and
+    errors that are not network errors at all (a bug in a hook).
     """
-    if isinstance(error, InvalidURL):
-        return False
+    if isinstance(error, (InvalidURL, InvalidState, QueueFull, ReconnectFailed)):
+        return False  # misuse of the API, not the network: retrying cannot help
     if isinstance(error, ConnectError):
         if error.status is not None:
             return error.status in _RETRY_STATUSES
@@ -267,21 +276,22 @@ class ReconnectingTransport:
         self._state: ConnectionState | None = None
         self._hooks: list[OnConnect] = []
         self._state_callbacks: list[StateCallback] = []
-        self._watchers: list[_StateChanges] = []
-        self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[str | bytes](
-            max_inbound
-        )
+        # Weak: a watcher abandoned mid-iteration must not be kept alive.
+        self._watchers: weakref.WeakSet[_StateChanges] = weakref.WeakSet()
+        self._inbox = _Inbox(max_inbound)
 
         self._stack: AsyncExitStack | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._connection_group: anyio.abc.TaskGroup | None = None
-        self._supervisor_scope = anyio.CancelScope()
+        # Made on entering: anyio's primitives need a running event loop, and
+        # a transport may be configured before one runs.
+        self._supervisor_scope: anyio.CancelScope | None = None
         self._transport: Transport | None = None
         self._live: Transport | None = None  # set once hooks are done: direct sends allowed
         self._flushing = False
-        self._flushed = anyio.Event()  # set when the running flusher stops
-        self._settled = anyio.Event()  # the first connection opened, or we gave up
-        self._closed = anyio.Event()
+        self._flushed = _Flag()  # set when the running flusher stops
+        self._settled = _Flag()  # the first connection opened, or we gave up
+        self._closed = _Flag()
         self._closing = False
         self._failure: BaseException | None = None  # why we are CLOSED, if not by aclose()
         self._hook_error: BaseException | None = None
@@ -352,7 +362,7 @@ class ReconnectingTransport:
         if self._state is ConnectionState.CLOSED:
             watcher._end()
         else:
-            self._watchers.append(watcher)
+            self._watchers.add(watcher)
         return watcher
 
     def statistics(self) -> ConnectionStatistics:
@@ -390,6 +400,7 @@ class ReconnectingTransport:
     async def __aenter__(self) -> ReconnectingTransport:
         if self._state is not None:
             raise InvalidState("a ReconnectingTransport can be entered only once")
+        self._supervisor_scope = anyio.CancelScope()
         stack = AsyncExitStack()
         self._task_group = await stack.enter_async_context(anyio.create_task_group())
         try:
@@ -397,16 +408,16 @@ class ReconnectingTransport:
             self._task_group.start_soon(self._supervise)
             await self._settled.wait()
         except BaseException:
-            await self._shut_down()
-            await stack.aclose()
-            self._inbound_receive.close()
+            try:
+                await self._shut_down()
+            finally:
+                await stack.aclose()
             raise
         if self._failure is not None:
             # Leave the group first: the error then propagates as itself,
             # not wrapped in an ExceptionGroup.
             await stack.aclose()
-            self._inbound_receive.close()
-            raise self._failure
+            raise self._failure.with_traceback(None)
         self._stack = stack
         return self
 
@@ -425,26 +436,31 @@ class ReconnectingTransport:
                 # without the body's exception lets it propagate as itself,
                 # not wrapped in an ExceptionGroup.
                 await stack.aclose()
-            self._inbound_receive.close()
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Flush the queue (bounded by ``close_timeout``), close the connection, stop.
 
         Idempotent. Messages still queued afterwards are discarded (counted).
         """
+        check_close(code, reason)  # before any state changes: a bad code changes nothing
+        if self._state is None:
+            self._finish(None)  # never entered: nothing runs, nothing to close
+            return
         if self._closing or self._state is ConnectionState.CLOSED:
             await self._closed.wait()
             return
         self._closing = True
         self._set_state(ConnectionState.CLOSING)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
-            self._start_flusher()
-            if self._flushing:
-                await self._flushed.wait()
-            transport = self._transport
-            if transport is not None:
-                await transport.aclose(code, reason)
-        await self._shut_down()
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
+                self._start_flusher()
+                if self._flushing:
+                    await self._flushed.wait()
+                transport = self._transport
+                if transport is not None:
+                    await transport.aclose(code, reason)
+        finally:
+            await self._shut_down()
 
     async def _shut_down(self) -> None:
         self._closing = True
@@ -453,7 +469,8 @@ class ReconnectingTransport:
             with anyio.CancelScope(shield=True):
                 await transport.abort()
         # Only our own tasks: the task group's scope also holds the caller's body.
-        self._supervisor_scope.cancel()
+        if self._supervisor_scope is not None:
+            self._supervisor_scope.cancel()
         self._finish(None)
 
     def _finish(self, failure: BaseException | None) -> None:
@@ -465,7 +482,7 @@ class ReconnectingTransport:
         closed: BaseException = failure or InvalidState(f"{self._name} is closed")
         self._queue.close(closed)
         self._queue.clear()
-        self._inbound_send.close()
+        self._inbox.close()
         self._set_state(ConnectionState.CLOSED, error=failure)
         for watcher in self._watchers:
             watcher._end()
@@ -487,7 +504,7 @@ class ReconnectingTransport:
         live = self._live
         if (
             live is not None
-            and not (self._flushing or self._closing or len(self._queue))
+            and not (self._flushing or self._closing or len(self._queue) or self._queue.waiting)
             # Dead but not yet noticed by the reader: the message waits in the queue.
             and live.state is TransportState.OPEN
         ):
@@ -524,14 +541,14 @@ class ReconnectingTransport:
     def _check_open(self) -> None:
         if self._state is ConnectionState.CLOSED or self._closing:
             if self._failure is not None:
-                raise self._failure
+                raise self._failure.with_traceback(None)
             raise InvalidState(f"{self._name} is closed")
 
     def _start_flusher(self) -> None:
         group = self._connection_group
         if self._live is not None and group is not None and not self._flushing and len(self._queue):
             self._flushing = True
-            self._flushed = anyio.Event()
+            self._flushed = _Flag()
             group.start_soon(self._flush, self._live)
 
     async def _flush(self, transport: Transport) -> None:
@@ -562,13 +579,11 @@ class ReconnectingTransport:
         """
         if self._message_handler is not None:
             raise InvalidState("messages go to message_handler; receive() is not available")
-        try:
-            return await self._inbound_receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            pass
-        # Raised outside the except clause: the failure keeps its own cause.
+        message = await self._inbox.get()
+        if message is not None:
+            return message
         if self._failure is not None:
-            raise self._failure
+            raise self._failure.with_traceback(None)
         raise ConnectionClosedOK(1000, "", message=f"{self._name} was closed")
 
     def __aiter__(self) -> ReconnectingTransport:
@@ -583,6 +598,7 @@ class ReconnectingTransport:
     # The supervisor: connect, serve, decide, wait, again.
 
     async def _supervise(self) -> None:
+        assert self._supervisor_scope is not None  # made by __aenter__
         with self._supervisor_scope:
             await self._reconnect_forever()
 
@@ -592,6 +608,7 @@ class ReconnectingTransport:
         failure: BaseException | None = None
         try:
             while not self._closing:
+                attempted_at = anyio.current_time()
                 transport, error = await self._attempt()
                 opened = short_lived = False
                 if transport is not None:
@@ -617,7 +634,14 @@ class ReconnectingTransport:
                     break
                 now = anyio.current_time()
                 if schedule is None:
-                    schedule = RetrySchedule(decision, start=now)
+                    # A failed or short-lived attempt counts toward max_attempts
+                    # and the deadline; the loss of a good connection does not.
+                    counted = not opened or short_lived
+                    schedule = RetrySchedule(
+                        decision,
+                        start=attempted_at if counted else now,
+                        prior_attempts=1 if counted else 0,
+                    )
                 delay = schedule.next_delay(now, at_least=_retry_after(error))
                 if delay is None:
                     failure = self._gave_up(error, schedule)
@@ -720,17 +744,20 @@ class ReconnectingTransport:
 
     async def _establish(self, transport: Transport) -> None:
         """Run the hooks, declare OPEN, flush the queue."""
+        error: Exception | None = None
         try:
-            with anyio.fail_after(self._hook_timeout):
+            with anyio.move_on_after(self._hook_timeout) as scope:
                 for hook in list(self._hooks):
                     await hook(transport)
-        except Exception as exc:
-            if isinstance(exc, TimeoutError):
-                exc = ConnectTimeout(
+            if scope.cancelled_caught:
+                error = ConnectTimeout(
                     f"on_connect hooks of {self._name} took longer than {self._hook_timeout}s"
                 )
-            self._hook_error = exc
-            logger.debug("%s: on_connect hook failed: %r", self._name, exc)
+        except Exception as exc:  # the retry policy decides what a hook's error means
+            error = exc
+        if error is not None:
+            self._hook_error = error
+            logger.debug("%s: on_connect hook failed: %r", self._name, error)
             await transport.abort()
             return
         if transport.state is not TransportState.OPEN or self._closing:
@@ -749,7 +776,7 @@ class ReconnectingTransport:
         if config is not None:
             watch = HeartbeatWatch(config, now=anyio.current_time())
         handler = self._message_handler
-        inbound = self._inbound_send
+        inbox = self._inbox
         try:
             while True:
                 held: str | bytes | None = None
@@ -764,16 +791,14 @@ class ReconnectingTransport:
                             except Exception:
                                 self._handler_errors += 1
                                 logger.exception("%s: message handler raised", self._name)
-                        else:
-                            try:
-                                inbound.send_nowait(message)
-                            except anyio.WouldBlock:
-                                held = message
-                                break
+                        elif not inbox.put_nowait(message):
+                            held = message
+                            break
                 if held is not None:
                     # A slow consumer: wait for it, heartbeat paused (the
                     # silence would be ours), reading paused (backpressure).
-                    await inbound.send(held)
+                    if not await inbox.put(held):
+                        return ConnectionClosedOK(1000, "", message=f"{self._name} was closed")
                     if watch is not None:
                         watch.restart(now=anyio.current_time())
                     continue
@@ -781,11 +806,6 @@ class ReconnectingTransport:
                     await self._beat(transport, watch)
         except ConnectionClosed as exc:
             return exc
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            # The inbound stream closed: we are shutting down.
-            return ConnectionClosedOK(1000, "", message=f"{self._name} was closed").with_traceback(
-                exc.__traceback__
-            )
 
     async def _beat(self, transport: Transport, watch: HeartbeatWatch) -> None:
         """The watch's deadline passed: wait on, probe, or declare the connection dead."""
@@ -795,6 +815,11 @@ class ReconnectingTransport:
         if verdict is Verdict.ALIVE:
             return
         if verdict is Verdict.PROBE:
+            if watch.config.app_level and self._live is not transport:
+                # Hooks still run (authentication, say): an application
+                # message must not go first. They are bounded by hook_timeout.
+                watch.restart(now=anyio.current_time())
+                return
             self._probes += 1
             with anyio.move_on_after(max(0.0, watch.deadline - anyio.current_time())):
                 if self._app_ping is not None and watch.config.app_level:
@@ -868,7 +893,8 @@ def _last_received(transport: Transport) -> float | None:
 def _retry_after(error: BaseException | None) -> float:
     """The server's Retry-After, honoured for 429 and 503 (RFC 9110 10.2.3)."""
     if isinstance(error, ConnectError) and error.status in (429, 503) and error.retry_after:
-        return error.retry_after
+        # Never an endless wait, whatever the error carries; the deadline still applies.
+        return error.retry_after if math.isfinite(error.retry_after) else 0.0
     return 0.0
 
 
@@ -878,6 +904,90 @@ def _to_queue_item(data: str | bytes, text: bool | None) -> tuple[bytes, bool]:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data), bool(text)
     raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
+
+
+class _Flag:
+    """A one-shot event that, unlike ``anyio.Event``, needs no event loop to create."""
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: anyio.Event | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if not self._set:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
+
+
+class _Inbox:
+    """Messages waiting for :meth:`ReconnectingTransport.receive`, bounded.
+
+    Taking a message that is already here does not wait for the event loop,
+    unlike a memory object stream: this is the per-message path.
+    """
+
+    __slots__ = ("_closed", "_items", "_readable", "_room", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._items: deque[str | bytes] = deque()
+        self._size = size
+        self._readable: anyio.Event | None = None  # a consumer waits for a message
+        self._room: anyio.Event | None = None  # the reader waits for room
+        self._closed = False
+
+    def put_nowait(self, message: str | bytes) -> bool:
+        """Add ``message`` unless full; False means the caller must wait (:meth:`put`)."""
+        if len(self._items) >= self._size:
+            return False
+        self._items.append(message)
+        if self._readable is not None:
+            self._readable.set()
+            self._readable = None
+        return True
+
+    async def put(self, message: str | bytes) -> bool:
+        """Add ``message`` once there is room; False if the inbox was closed meanwhile."""
+        while len(self._items) >= self._size:
+            if self._closed:
+                return False
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+        return self.put_nowait(message)
+
+    async def get(self) -> str | bytes | None:
+        """The next message, or None once closed and empty."""
+        items = self._items
+        while not items:
+            if self._closed:
+                return None
+            if self._readable is None:
+                self._readable = anyio.Event()
+            await self._readable.wait()
+        message = items.popleft()
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+        return message
+
+    def close(self) -> None:
+        """No more messages come in; those here can still be taken."""
+        self._closed = True
+        for event in (self._readable, self._room):
+            if event is not None:
+                event.set()
+        self._readable = self._room = None
 
 
 class _StateChanges:

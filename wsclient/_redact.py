@@ -27,6 +27,7 @@ def redact_url(url: str) -> str:
         netloc = f"***@{netloc}"
     query = ""
     if parts.query:
-        names = [pair.split("=", 1)[0] for pair in parts.query.split("&") if pair]
-        query = "?" + "&".join(f"{name}=***" for name in names)
+        # An item without "=" (?s3cr3t) may be a bare token: mask it whole.
+        items = [pair.split("=", 1) for pair in parts.query.split("&") if pair]
+        query = "?" + "&".join(f"{item[0]}=***" if len(item) == 2 else "***" for item in items)
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + query
