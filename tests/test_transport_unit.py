@@ -10,8 +10,10 @@ from websockets.client import ClientProtocol
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from wsclient import ConnectionClosedError, WebSocketTransport
+from wsclient import ConnectionClosedError, TransportState, WebSocketTransport, connect_transport
 from wsclient._links import Link
+
+from .servers import running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -87,3 +89,14 @@ async def test_send_waiting_on_a_slow_peer_fails_when_the_link_dies() -> None:
     assert isinstance(outcome[0], ConnectionClosedError)
     assert outcome[0].code == 1006
     assert isinstance(outcome[0].__cause__, ConnectionResetError)
+
+
+async def test_bytes_after_the_link_was_lost_are_ignored() -> None:
+    """Data a read returns after an abort (a trio race) is dropped, not an EOFError."""
+    async with running_server() as server:
+        transport = await connect_transport(server.url)
+        await transport.abort()
+        transport.bytes_received(b"\x81\x01x")  # a text frame "x", too late
+        assert transport.state is TransportState.CLOSED
+        with pytest.raises(ConnectionClosedError):
+            await transport.receive()

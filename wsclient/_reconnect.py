@@ -815,6 +815,11 @@ class ReconnectingTransport:
         if verdict is Verdict.ALIVE:
             return
         if verdict is Verdict.PROBE:
+            if transport.state is not TransportState.OPEN:
+                # Closing: the closing handshake has its own timeout, and a
+                # probe could only fail and abort the socket under aclose().
+                watch.restart(now=anyio.current_time())
+                return
             if watch.config.app_level and self._live is not transport:
                 # Hooks still run (authentication, say): an application
                 # message must not go first. They are bounded by hook_timeout.

@@ -407,6 +407,10 @@ class WebSocketTransport(Transport, LinkOwner):
     # Link callbacks: run synchronously as bytes arrive, so they must not block.
 
     def bytes_received(self, data: bytes) -> None:
+        if self._closed:
+            # A read that raced an abort (trio hands back data already read):
+            # the protocol has seen the end of the stream and takes no more.
+            return
         counters = self._counters
         counters.bytes_received += len(data)
         if self._link is not None:

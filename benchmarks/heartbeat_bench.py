@@ -1,0 +1,741 @@
+"""What the heartbeat of many idle connections costs in one process.
+
+Starts ``echo_server.py`` as a subprocess on 127.0.0.1, then, for each event
+loop (asyncio, uvloop, trio), runs a fresh subprocess of this script that opens
+N ``wsclient.ReconnectingTransport`` connections with a short heartbeat and
+keeps them idle, so that each one is probed about duration / interval times.
+It reports the tasks per connection, the memory per connection (tracemalloc
+and RSS), the time to open them all, the probes sent, the heartbeat timeouts
+(0 on a healthy server) and the client CPU time per probe.
+
+tracemalloc runs in a second subprocess of its own that only opens and closes
+the connections: tracing every allocation would inflate the RSS, the open time
+and the CPU time measured in the main one.
+
+Run by hand, never by the test suite::
+
+    python benchmarks/heartbeat_bench.py
+    python benchmarks/heartbeat_bench.py --connections 200 --duration 5 --loop trio
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import selectors
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import tracemalloc
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+SERVER_SCRIPT = Path(__file__).with_name("echo_server.py")
+SERVER_CPU = 0
+CLIENT_CPU = 1
+SERVER_START_TIMEOUT = 15.0
+LOOPS = ("asyncio", "uvloop", "trio")
+# Descriptors a process needs besides its sockets: stdio, the selector, the
+# loop's self-pipe, the interpreter's own files, with room to spare.
+SPARE_FILES = 64
+# Files tracemalloc's report names, per connection.
+TOP_FILES = 8
+
+
+# The worker: one event loop, N connections, in a subprocess of its own.
+
+
+class HandOver:
+    """A factory that first returns a transport opened beforehand, then opens new ones.
+
+    The connections are opened in concurrent batches, but a
+    ``ReconnectingTransport`` must be entered and left by the task that holds
+    it (its task group lives there), so the handshakes run first, in a task
+    group, and each transport is then handed to its ``ReconnectingTransport``.
+    Reconnections, if any, go through ``then``.
+    """
+
+    def __init__(self, first: Any, then: Any) -> None:
+        self._first = first
+        self._then = then
+        self.display_url = then.display_url
+
+    async def __call__(self) -> Any:
+        first, self._first = self._first, None
+        if first is not None:
+            return first
+        return await self._then()
+
+
+def count_tasks_asyncio() -> int:
+    import asyncio
+
+    return len(asyncio.all_tasks())
+
+
+def count_tasks_trio() -> int:
+    """Every task in the run: from the root task down through each nursery."""
+    import trio
+
+    count = 0
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        if task is None:
+            continue
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
+def rss_kib() -> int | None:
+    """This process's resident set size (VmRSS) in KiB; None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+async def connect_batch(url: str, count: int) -> list[Any]:
+    """``count`` transports, their handshakes run concurrently."""
+    import anyio
+
+    from wsclient import connect_transport
+
+    opened: list[Any] = []
+
+    async def connect_one() -> None:
+        opened.append(await connect_transport(url, compression=None))
+
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(count):
+                group.start_soon(connect_one)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            for transport in opened:
+                await transport.abort()
+        raise
+    return opened
+
+
+class Closing:
+    """Enters a connection; on leaving, records an error from closing it instead of raising it.
+
+    Hundreds of connections are nested in one task: an error raised while
+    closing one would reach every connection closed after it, each task group
+    wrapping it once more, until the exception is too deep to handle.
+    """
+
+    def __init__(self, connection: Any, errors: list[str]) -> None:
+        self._connection = connection
+        self._errors = errors
+
+    async def __aenter__(self) -> Any:
+        return await self._connection.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool:
+        try:
+            await self._connection.__aexit__(*exc_info)
+        except Exception as error:
+            if exc_info[1] is not None:
+                raise  # not from closing: leaving the block failed already
+            self._errors.append(repr(error))
+        return False
+
+
+async def settle() -> None:
+    """Wait until no task is runnable: the short-lived tasks of each open are gone."""
+    import anyio
+
+    with anyio.fail_after(30):
+        await anyio.wait_all_tasks_blocked()
+
+
+def traced_bytes(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
+    # The snapshot taken before is alive while the one after is taken: leave
+    # tracemalloc's own objects out of the difference.
+    return snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+
+
+async def hold_connections(args: argparse.Namespace) -> dict[str, Any]:
+    """Open N connections, keep them idle for the duration, close them; measure it all."""
+    import anyio
+
+    import wsclient
+
+    backend = "trio" if args.loop == "trio" else "asyncio"
+    count_tasks = count_tasks_trio if backend == "trio" else count_tasks_asyncio
+    heartbeat = wsclient.Heartbeat(interval=args.interval, timeout=args.timeout)
+    fallback = wsclient.WebSocketFactory(args.url, compression=None)
+    n = args.connections
+    result: dict[str, Any] = {"loop": args.loop, "connections": n}
+
+    close_errors: list[str] = []
+    with anyio.fail_after(args.time_limit):
+        # A first connection, opened and closed, so that what any first use
+        # costs (lazy imports, caches) isn't charged to the N.
+        warmup = wsclient.ReconnectingTransport(fallback, heartbeat=heartbeat)
+        async with Closing(warmup, close_errors):
+            await warmup.ping()
+        await settle()
+        gc.collect()
+        result["tasks_before"] = count_tasks()
+        rss_before = rss_kib()
+        before = None
+        if args.tracemalloc:
+            tracemalloc.start()
+            before = traced_bytes(tracemalloc.take_snapshot())
+
+        connections: list[wsclient.ReconnectingTransport] = []
+        async with AsyncExitStack() as stack:
+            started = time.perf_counter()
+            connect_s = 0.0
+            for first in range(0, n, args.batch):
+                connecting = time.perf_counter()
+                transports = await connect_batch(args.url, min(args.batch, n - first))
+                connect_s += time.perf_counter() - connecting
+                for transport in transports:
+                    connection = wsclient.ReconnectingTransport(
+                        HandOver(transport, fallback), heartbeat=heartbeat
+                    )
+                    connections.append(
+                        await stack.enter_async_context(Closing(connection, close_errors))
+                    )
+            result["open_s"] = time.perf_counter() - started
+            result["connect_s"] = connect_s
+            await settle()
+            gc.collect()
+
+            if before is not None:
+                after = traced_bytes(tracemalloc.take_snapshot())
+                tracemalloc.stop()
+                diff = after.compare_to(before, "filename")
+                result["tracemalloc_kib_per_connection"] = (
+                    sum(stat.size_diff for stat in diff) / 1024 / n
+                )
+                result["tracemalloc_top"] = [
+                    [stat.traceback[0].filename, stat.size_diff / 1024 / n]
+                    for stat in diff[:TOP_FILES]
+                ]
+                del before, after, diff
+            else:
+                result["tasks_after"] = count_tasks()
+                result["tasks_per_connection"] = (
+                    result["tasks_after"] - result["tasks_before"]
+                ) / n
+                rss_after = rss_kib()
+                if rss_before is not None and rss_after is not None:
+                    result["rss_kib_per_connection"] = (rss_after - rss_before) / n
+
+                probes_before = sum(c.statistics().heartbeat_probes for c in connections)
+                cpu = time.process_time()
+                wall = time.perf_counter()
+                await anyio.sleep(args.duration)
+                idle_cpu_s = time.process_time() - cpu
+                idle_s = time.perf_counter() - wall
+                stats = [c.statistics() for c in connections]
+                probes = sum(s.heartbeat_probes for s in stats) - probes_before
+                result.update(
+                    idle_s=idle_s,
+                    idle_cpu_s=idle_cpu_s,
+                    cpu_percent=100 * idle_cpu_s / idle_s,
+                    probes=probes,
+                    expected_probes=n * args.duration / args.interval,
+                    cpu_us_per_probe=idle_cpu_s * 1e6 / probes if probes else None,
+                    timeouts=sum(s.heartbeat_timeouts for s in stats),
+                    grace_periods=sum(s.heartbeat_grace_periods for s in stats),
+                    reconnects=sum(s.reconnects for s in stats),
+                    not_open=sum(s.state is not wsclient.ConnectionState.OPEN for s in stats),
+                )
+            closing = time.perf_counter()
+        result["close_s"] = time.perf_counter() - closing
+        result["close_errors"] = len(close_errors)
+        result["close_error_examples"] = sorted(set(close_errors))[:5]
+    return result
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    import anyio
+
+    if not args.no_pin:
+        pin_self()
+    options = {"use_uvloop": True} if args.loop == "uvloop" else None
+    backend = "trio" if args.loop == "trio" else "asyncio"
+    result = anyio.run(hold_connections, args, backend=backend, backend_options=options)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def pin_self() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        allowed = os.sched_getaffinity(0)
+        if {CLIENT_CPU, SERVER_CPU} <= allowed:
+            os.sched_setaffinity(0, {CLIENT_CPU})
+
+
+def pinning(enabled: bool) -> tuple[bool, str]:
+    """Whether the server and the workers get a CPU each, and what to print about it."""
+    if not enabled:
+        return False, "not pinned (--no-pin)"
+    if not hasattr(os, "sched_setaffinity") or shutil.which("taskset") is None:
+        return False, "not pinned (no os.sched_setaffinity or taskset)"
+    allowed = os.sched_getaffinity(0)
+    if not {CLIENT_CPU, SERVER_CPU} <= allowed:
+        return False, f"not pinned (allowed CPUs: {sorted(allowed)})"
+    return True, f"server on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}"
+
+
+# The runner: limits, the echo server, one worker per loop and repetition.
+
+
+def raise_file_limit(connections: int) -> int:
+    """Raise the soft limit on open files to the hard one; exit if N can't fit.
+
+    The echo server and the workers are children of this process and inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        target = soft
+    else:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            print(f"# could not raise the open-files limit to {target}: {exc}", file=sys.stderr)
+            target = soft
+    if target != resource.RLIM_INFINITY and connections + SPARE_FILES > target:
+        sys.exit(
+            f"--connections {connections} needs about {connections + SPARE_FILES} open files "
+            f"in the client and as many in the echo server, but the limit is {target} "
+            f"(soft {soft}, hard {hard}). Raise the hard limit (ulimit -Hn, as root, or "
+            f"/etc/security/limits.conf) or use --connections {max(1, target - SPARE_FILES)}."
+        )
+    return target
+
+
+def die_with_parent() -> None:
+    """In a child process: get SIGTERM if the runner dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def preexec() -> Callable[[], None] | None:
+    return die_with_parent if sys.platform == "linux" else None
+
+
+def start_server(pin: bool) -> tuple[subprocess.Popen[bytes], int]:
+    command = [sys.executable, str(SERVER_SCRIPT), "--port", "0"]
+    if pin:
+        command = [shutil.which("taskset") or "taskset", "-c", str(SERVER_CPU), *command]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=preexec()
+    )
+    try:
+        assert process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            if not selector.select(SERVER_START_TIMEOUT):
+                raise RuntimeError(f"echo server printed no port in {SERVER_START_TIMEOUT} s")
+        line = process.stdout.readline().decode().strip()
+        keyword, _, port = line.partition(" ")
+        if keyword != "PORT" or not port.isdigit():
+            raise RuntimeError(f"echo server did not start: first line {line!r}")
+    except BaseException:
+        stop_server(process)
+        raise
+    return process, int(port)
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def worker_command(args: argparse.Namespace, loop: str, url: str, traced: bool) -> list[str]:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--url",
+        url,
+        "--loop",
+        loop,
+        "--connections",
+        str(args.connections),
+        "--interval",
+        str(args.interval),
+        "--timeout",
+        str(args.timeout),
+        "--duration",
+        str(args.duration),
+        "--batch",
+        str(args.batch),
+        "--time-limit",
+        str(args.time_limit),
+    ]
+    if traced:
+        command.append("--tracemalloc")
+    if args.no_pin:
+        command.append("--no-pin")
+    return command
+
+
+def run_one(args: argparse.Namespace, loop: str, url: str, rep: int) -> dict[str, Any]:
+    """One repetition on one loop: the main worker, then the tracemalloc one."""
+    sample: dict[str, Any] = {"loop": loop, "rep": rep}
+    for traced in (False, True):
+        try:
+            completed = subprocess.run(
+                worker_command(args, loop, url, traced),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                timeout=args.time_limit + 30,
+                check=True,
+                preexec_fn=preexec(),
+            )
+            result = json.loads(completed.stdout.decode().strip().splitlines()[-1])
+        except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+            phase = "tracemalloc run" if traced else "run"
+            sample["error"] = f"{phase}: {exc!r}"
+            return sample
+        if traced:
+            for key in ("tracemalloc_kib_per_connection", "tracemalloc_top"):
+                sample[key] = result[key]
+            sample["traced_open_s"] = result["open_s"]
+            # Closing is measured twice: count what went wrong in either run.
+            sample["close_errors"] += result["close_errors"]
+            sample["close_error_examples"] += result["close_error_examples"]
+        else:
+            sample.update(result)
+    return sample
+
+
+# Statistics and report.
+
+
+FIELDS = (
+    "tasks_before",
+    "tasks_after",
+    "tasks_per_connection",
+    "tracemalloc_kib_per_connection",
+    "rss_kib_per_connection",
+    "open_s",
+    "connect_s",
+    "close_s",
+    "probes",
+    "expected_probes",
+    "timeouts",
+    "grace_periods",
+    "reconnects",
+    "not_open",
+    "close_errors",
+    "idle_s",
+    "idle_cpu_s",
+    "cpu_percent",
+    "cpu_us_per_probe",
+)
+# Any of these above 0 means an unhealthy run.
+HEALTH = ("timeouts", "reconnects", "not_open", "close_errors")
+
+
+def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for loop in dict.fromkeys(sample["loop"] for sample in samples):
+        group = [s for s in samples if s["loop"] == loop]
+        ok = [s for s in group if "error" not in s]
+        row: dict[str, Any] = {"loop": loop, "reps": len(ok), "errors": len(group) - len(ok)}
+        for field in FIELDS:
+            values = [s[field] for s in ok if s.get(field) is not None]
+            if values:
+                row[field] = statistics.median(values)
+                if row[field]:
+                    row[f"{field}_spread"] = (max(values) - min(values)) / row[field]
+        for field in HEALTH:
+            row[f"{field}_max"] = max((s.get(field) or 0 for s in ok), default=0)
+        rows.append(row)
+    return rows
+
+
+def cell(row: dict[str, Any], field: str, spec: str) -> str:
+    value = row.get(field)
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    # (header, summary field, format) for the columns between loop and reps.
+    columns = [
+        ("tasks before", "tasks_before", ".0f"),
+        ("tasks after", "tasks_after", ".0f"),
+        ("tasks/conn", "tasks_per_connection", ".2f"),
+        ("tracemalloc KiB/conn", "tracemalloc_kib_per_connection", ".1f"),
+        ("RSS KiB/conn", "rss_kib_per_connection", ".1f"),
+        ("open s", "open_s", ".2f"),
+        ("probes", "probes", ",.0f"),
+        ("timeouts", "timeouts_max", ".0f"),
+        ("close errors", "close_errors_max", ".0f"),
+        ("idle CPU s", "idle_cpu_s", ".2f"),
+        ("CPU %", "cpu_percent", ".1f"),
+        ("CPU µs/probe", "cpu_us_per_probe", ".1f"),
+    ]
+    lines = [
+        "| loop | " + " | ".join(name for name, _, _ in columns) + " | reps |",
+        "|---|" + "---:|" * (len(columns) + 1),
+    ]
+    for row in rows:
+        reps = f"{row['reps']}" + (f" ({row['errors']} failed)" if row["errors"] else "")
+        cells = [cell(row, field, spec) for _, field, spec in columns]
+        lines.append(f"| {row['loop']} | " + " | ".join(cells) + f" | {reps} |")
+    return "\n".join(lines)
+
+
+def warnings(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """What looks wrong in the summary."""
+    found = []
+    for row in rows:
+        loop = row["loop"]
+        for field in HEALTH:
+            if row[f"{field}_max"]:
+                found.append(f"{loop}: {field} = {row[f'{field}_max']} in some run (expected 0)")
+        per_connection = row.get("tasks_per_connection")
+        if per_connection is not None and abs(per_connection - 1) > 0.005:
+            found.append(f"{loop}: {per_connection:.3f} tasks per connection (expected 1)")
+        probes, expected = row.get("probes"), row.get("expected_probes")
+        if probes is not None and expected and not 0.8 <= probes / expected <= 1.05:
+            found.append(
+                f"{loop}: {probes:,.0f} probes in {args.duration} s, "
+                f"expected about {expected:,.0f} (N x duration / interval)"
+            )
+    return found
+
+
+def version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def wsclient_source() -> str | None:
+    """Where the workers import wsclient from, and its commit (``+dirty``: changed since)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("wsclient")
+    if spec is None or spec.origin is None:
+        return None
+    package = Path(spec.origin).parent
+    git = shutil.which("git")
+    if git is None:
+        return str(package)
+    try:
+        commit = subprocess.run(
+            [git, "rev-parse", "--short", "HEAD"], cwd=package, capture_output=True, check=True
+        ).stdout.decode()
+        changes = subprocess.run(
+            [git, "status", "--porcelain", "--", "."], cwd=package, capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return str(package)  # not in a git checkout
+    return f"{package} at {commit.strip()}" + ("+dirty" if changes.strip() else "")
+
+
+def environment(pinned: str, file_limit: int) -> dict[str, Any]:
+    return {
+        "wsclient_source": wsclient_source(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "pinning": pinned,
+        "open_files_limit": file_limit,
+        "versions": {
+            name: version(name) for name in ("wsclient", "websockets", "anyio", "trio", "uvloop")
+        },
+    }
+
+
+def progress(sample: dict[str, Any]) -> str:
+    if "error" in sample:
+        return f"{sample['loop']}: FAILED {sample['error']}"
+    per_probe = sample.get("cpu_us_per_probe")
+    return (
+        f"{sample['loop']}: {sample['tasks_per_connection']:.2f} tasks/conn, "
+        f"{sample.get('tracemalloc_kib_per_connection', 0):.1f} KiB/conn traced, "
+        f"{sample.get('rss_kib_per_connection', 0):.1f} KiB/conn RSS, "
+        f"opened in {sample['open_s']:.2f} s, {sample['probes']:,} probes, "
+        f"{sample['timeouts']} timeouts, {sample['close_errors']} close errors, "
+        + (f"{per_probe:.1f} CPU µs/probe" if per_probe is not None else "no probes")
+    )
+
+
+def loop_available(loop: str) -> bool:
+    module = {"asyncio": "asyncio", "uvloop": "uvloop", "trio": "trio"}[loop]
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="What the heartbeat of many idle wsclient connections costs."
+    )
+    parser.add_argument(
+        "--connections", type=positive(int), default=1000, help="connections (default 1000)"
+    )
+    parser.add_argument(
+        "--interval", type=positive(float), default=1.0, help="heartbeat interval (default 1 s)"
+    )
+    parser.add_argument(
+        "--timeout", type=positive(float), default=1.0, help="heartbeat timeout (default 1 s)"
+    )
+    parser.add_argument(
+        "--duration", type=positive(float), default=10.0, help="idle seconds (default 10)"
+    )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        action="append",
+        help="event loop; repeat the option for several (default: all three)",
+    )
+    parser.add_argument(
+        "--batch", type=positive(int), default=100, help="handshakes at once (default 100)"
+    )
+    parser.add_argument("--repeat", type=positive(int), default=1, help="repetitions (default 1)")
+    parser.add_argument("--no-pin", action="store_true", help="don't pin server and client to CPUs")
+    parser.add_argument(
+        "--time-limit",
+        type=positive(float),
+        default=300.0,
+        help="seconds allowed for one worker run (default 300)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write raw results to PATH")
+    # Used by the runner to start its workers.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--tracemalloc", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        if args.url is None or not args.loop or len(args.loop) != 1:
+            parser.error("--worker needs --url and exactly one --loop")
+        args.loop = args.loop[0]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return run_worker(args)
+
+    loops = list(dict.fromkeys(args.loop or LOOPS))
+    skipped = [loop for loop in loops if not loop_available(loop)]
+    loops = [loop for loop in loops if loop not in skipped]
+    for loop in skipped:
+        print(f"# {loop} is not installed: skipped", file=sys.stderr)
+    file_limit = raise_file_limit(args.connections)
+    pin, pinned = pinning(not args.no_pin)
+    args.no_pin = not pin  # the workers pin themselves only when the server is pinned too
+    print(f"# open-files limit {file_limit}; {pinned}", file=sys.stderr)
+    env = environment(pinned, file_limit)  # before the runs: wsclient's source may change
+
+    # SIGTERM, like Ctrl-C, stops the run, reports what was measured and stops the server.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    samples: list[dict[str, Any]] = []
+    process, port = start_server(pin)
+    try:
+        url = f"ws://{HOST}:{port}/"
+        print(f"# echo server pid {process.pid} on {url}", file=sys.stderr)
+        for rep in range(1, args.repeat + 1):
+            for loop in loops:
+                sample = run_one(args, loop, url, rep)
+                samples.append(sample)
+                print(f"# rep {rep}/{args.repeat} {progress(sample)}", file=sys.stderr)
+                if process.poll() is not None:
+                    raise RuntimeError(f"echo server exited with {process.returncode}")
+    except KeyboardInterrupt:
+        print("# interrupted: reporting what was measured", file=sys.stderr)
+    except Exception:
+        traceback.print_exc()
+    finally:
+        stop_server(process)
+
+    rows = summarize(samples)
+    print(
+        f"{args.connections:,} idle connections per loop, heartbeat interval {args.interval:g} s "
+        f"and timeout {args.timeout:g} s, idle for {args.duration:g} s, opened {args.batch} "
+        f"at a time; median over repetitions (--repeat {args.repeat}); Python {env['python']}, "
+        f"wsclient {env['versions']['wsclient']} from {env['wsclient_source']}, "
+        f"anyio {env['versions']['anyio']}; {pinned}.\n"
+    )
+    print(markdown_table(rows))
+    found = warnings(rows, args)
+    for line in found:
+        print(f"# WARNING {line}", file=sys.stderr)
+    if args.json is not None:
+        document = {
+            "environment": env,
+            "config": {
+                key: getattr(args, key)
+                for key in ("connections", "interval", "timeout", "duration", "batch", "repeat")
+            }
+            | {"loops": loops},
+            "summary": rows,
+            "warnings": found,
+            "samples": samples,
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"# raw results written to {args.json}", file=sys.stderr)
+    failed = any("error" in sample for sample in samples) or len(samples) < args.repeat * len(loops)
+    unhealthy = any(row[f"{field}_max"] for row in rows for field in HEALTH)
+    return 1 if failed or unhealthy else 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
