@@ -459,6 +459,7 @@ async def test_hook_bug_is_fatal() -> None:
         async with rt:
             pytest.fail("entered")
     assert isinstance(caught.value.last_error, KeyError)
+    assert caught.value.attempts == 1
     assert server.attempts == [0]
 
 

@@ -628,15 +628,16 @@ class ReconnectingTransport:
                     failure = error
                     break
                 first = False
-                decision = self._decide(error, schedule.attempts if schedule else 0)
+                # A failed or short-lived attempt counts toward max_attempts
+                # and the deadline; the loss of a good connection does not.
+                counted = not opened or short_lived
+                so_far = schedule.attempts if schedule else int(counted)
+                decision = self._decide(error, so_far)
                 if isinstance(decision, BaseException):
                     failure = decision
                     break
                 now = anyio.current_time()
                 if schedule is None:
-                    # A failed or short-lived attempt counts toward max_attempts
-                    # and the deadline; the loss of a good connection does not.
-                    counted = not opened or short_lived
                     schedule = RetrySchedule(
                         decision,
                         start=attempted_at if counted else now,
