@@ -75,22 +75,6 @@ class Server:
         return self.ends[count - 1]
 
 
-async def until_state(rt: ReconnectingTransport, state: ConnectionState) -> None:
-    """Wait for ``rt`` to enter ``state`` (now, if it is there already)."""
-    reached = anyio.Event()
-
-    def check(change: StateChange) -> None:
-        if change.state is state:
-            reached.set()
-
-    if rt.state is not state:
-        rt.on_state_change(check)
-        try:
-            await reached.wait()
-        finally:
-            rt.remove_state_callback(check)
-
-
 def refused() -> ConnectError:
     return ConnectError("cannot connect to 127.0.0.1:1: connection refused")
 
@@ -115,7 +99,7 @@ async def test_backoff_sequence_has_exact_times_and_states() -> None:
         server.failures.extend(refused() for _ in range(5))
         server.end.break_link()
         await server.wait_for_connection(2)
-        await until_state(rt, C.OPEN)
+        await rt.wait_state(C.OPEN)
         assert server.attempts == [0, 101, 103, 107, 115, 123, 131]
         assert summary(changes)[1:] == [
             ("OPEN", 0, 0, None),
@@ -260,7 +244,7 @@ async def test_other_close_codes_are_retried(code: int) -> None:
         await anyio.sleep(10)
         await server.end.aclose(code)
         await server.wait_for_connection(2)
-        await until_state(rt, C.OPEN)
+        await rt.wait_state(C.OPEN)
         assert server.attempts == [0, 11]
 
 
@@ -336,7 +320,7 @@ async def test_statistics_show_no_transport_while_reconnecting() -> None:
         await anyio.sleep(10)
         server.failures.append(refused())
         server.end.break_link()
-        await until_state(rt, C.RECONNECTING)
+        await rt.wait_state(C.RECONNECTING)
         await anyio.sleep(0.5)
         assert rt.statistics().transport is None
         assert rt.transport is None
@@ -811,12 +795,45 @@ async def test_send_refuses_what_is_not_str_or_bytes() -> None:
         await anyio.sleep(10)
         server.failures.append(refused())
         server.end.break_link()
-        await until_state(rt, C.RECONNECTING)
+        await rt.wait_state(C.RECONNECTING)
         with pytest.raises(TypeError):
             await rt.send(3)  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             rt.send_nowait(None)  # type: ignore[arg-type]
         assert rt.statistics().queue.queued == 0
+
+
+async def test_wait_state_returns_when_the_state_is_reached() -> None:
+    """wait_state() returns at once in the state, else on the transition into it."""
+    server = Server()
+    rt = ReconnectingTransport(server, backoff=NO_JITTER, heartbeat=None)
+    async with rt:
+        assert await rt.wait_state(C.OPEN, C.RECONNECTING) is C.OPEN
+        await anyio.sleep(10)
+        server.end.break_link()
+        assert await rt.wait_state(C.RECONNECTING) is C.RECONNECTING
+        assert anyio.current_time() == 10
+        assert await rt.wait_state(C.OPEN) is C.OPEN
+        assert anyio.current_time() == 11
+
+
+async def test_wait_state_raises_once_the_state_cannot_come() -> None:
+    """Waiting for OPEN raises the reason when reconnecting gives up instead."""
+    server = Server()
+    rt = ReconnectingTransport(
+        server, backoff=Backoff(jitter="none", max_attempts=2), heartbeat=None
+    )
+    async with rt:
+        await anyio.sleep(10)
+        server.failures.extend(refused() for _ in range(5))
+        server.end.break_link()
+        await rt.wait_state(C.RECONNECTING)  # until the reader notices, it is still OPEN
+        with pytest.raises(ReconnectFailed):
+            await rt.wait_state(C.OPEN)
+        assert anyio.current_time() == 13  # attempts at 11 and 13 failed
+        with pytest.raises(ReconnectFailed):
+            await rt.wait_state(C.OPEN)  # already closed: at once
+        assert await rt.wait_state(C.CLOSED) is C.CLOSED
 
 
 async def test_repr_and_statistics_show_state() -> None:

@@ -78,30 +78,19 @@ def event(seq: int) -> bytes:
     )
 
 
-async def until_state(
-    rt: ReconnectingTransport, *states: ConnectionState, fresh: bool = False
-) -> StateChange | None:
-    """Wait (bounded) until ``rt`` is in one of ``states``; return the change that got it there.
+async def until_state(rt: ReconnectingTransport, state: ConnectionState) -> None:
+    """Wait, bounded, until ``rt`` is in ``state``."""
+    with anyio.fail_after(BOUND):
+        await rt.wait_state(state)
 
-    ``fresh`` waits for a new change even if ``rt`` is in that state already.
-    """
-    if rt.state in states and not fresh:
-        return None
-    reached: list[StateChange] = []
-    event = anyio.Event()
 
-    def check(change: StateChange) -> None:
-        if change.state in states and not reached:
-            reached.append(change)
-            event.set()
-
-    rt.on_state_change(check)
-    try:
-        with anyio.fail_after(BOUND):
-            await event.wait()
-    finally:
-        rt.remove_state_callback(check)
-    return reached[0]
+async def next_change(changes: AsyncIterator[StateChange], state: ConnectionState) -> StateChange:
+    """Wait, bounded, for the next change into ``state`` and return it."""
+    with anyio.fail_after(BOUND):
+        async for change in changes:
+            if change.state is state:
+                return change
+    raise AssertionError(f"closed before reaching {state.name}")
 
 
 @asynccontextmanager
@@ -198,16 +187,15 @@ async def test_blackhole_is_caught_by_heartbeat_then_restore_reconnects() -> Non
         assert rt.statistics().heartbeat_probes >= 1
         assert rt.statistics().heartbeat_timeouts == 0
         last_heard = rt.statistics().transport.last_received_at  # type: ignore[union-attr]
+        changes = rt.state_changes()
         proxy.blackhole()
-        lost = await until_state(rt, C.RECONNECTING)
-        assert lost is not None
+        lost = await next_change(changes, C.RECONNECTING)
         assert isinstance(lost.error, HeartbeatTimeout)
         assert last_heard is not None
         # Declared dead interval + timeout after the last thing heard (plus scheduling).
         assert 0.6 <= lost.at - last_heard < 0.6 + 0.3
         # While blackholed, new attempts time out in the opening handshake.
-        failed = await until_state(rt, C.RECONNECTING, fresh=True)
-        assert failed is not None
+        failed = await next_change(changes, C.RECONNECTING)
         assert isinstance(failed.error, ConnectTimeout)
         proxy.restore()
         await until_state(rt, C.OPEN)

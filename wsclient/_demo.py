@@ -171,20 +171,8 @@ async def _resilience(say: Callable[[str], None]) -> None:
 
 
 async def _wait_for(connection: ReconnectingTransport, state: ConnectionState) -> None:
-    reached = anyio.Event()
-
-    def check(change: StateChange) -> None:
-        if change.state is state:
-            reached.set()
-
-    if connection.state is state:
-        return
-    connection.on_state_change(check)
-    try:
-        with anyio.fail_after(10):
-            await reached.wait()
-    finally:
-        connection.remove_state_callback(check)
+    with anyio.fail_after(10):
+        await connection.wait_state(state)
 
 
 def _event(seq: int) -> bytes:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -65,6 +65,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("wsclient.reconnect")
+
+_T = TypeVar("_T")
 
 TransportFactory = Callable[[], Awaitable[Transport]]
 OnConnect = Callable[[Transport], Awaitable[None]]
@@ -278,7 +280,7 @@ class ReconnectingTransport:
         self._state_callbacks: list[StateCallback] = []
         # Weak: a watcher abandoned mid-iteration must not be kept alive.
         self._watchers: weakref.WeakSet[_StateChanges] = weakref.WeakSet()
-        self._inbox = _Inbox(max_inbound)
+        self._inbox: _Inbox[str | bytes] = _Inbox(max_inbound)
 
         self._stack: AsyncExitStack | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -364,6 +366,22 @@ class ReconnectingTransport:
         else:
             self._watchers.add(watcher)
         return watcher
+
+    async def wait_state(self, *states: ConnectionState) -> ConnectionState:
+        """Return the state once it is one of ``states`` (at once if it is already).
+
+        Raises the reason it closed if it reaches CLOSED while waiting for
+        other states, since none will come then. Bound the wait with a cancel
+        scope (``anyio.fail_after``).
+        """
+        if self.state in states:
+            return self.state
+        async for change in self.state_changes():  # ends after CLOSED
+            if change.state in states:
+                return change.state
+        if self._failure is not None:
+            raise self._failure.with_traceback(None)
+        raise InvalidState(f"{self._name} is closed")
 
     def statistics(self) -> ConnectionStatistics:
         """A snapshot of this connection's counters."""
@@ -936,44 +954,45 @@ class _Flag:
             await self._event.wait()
 
 
-class _Inbox:
-    """Messages waiting for :meth:`ReconnectingTransport.receive`, bounded.
+class _Inbox(Generic[_T]):
+    """A bounded buffer between the reader and a consumer (messages, state changes).
 
-    Taking a message that is already here does not wait for the event loop,
-    unlike a memory object stream: this is the per-message path.
+    Taking an item that is already here does not wait for the event loop,
+    unlike a memory object stream: for messages this is the per-message path.
+    Unlike anyio's primitives it needs no event loop to be created.
     """
 
     __slots__ = ("_closed", "_items", "_readable", "_room", "_size")
 
     def __init__(self, size: int) -> None:
-        self._items: deque[str | bytes] = deque()
+        self._items: deque[_T] = deque()
         self._size = size
-        self._readable: anyio.Event | None = None  # a consumer waits for a message
-        self._room: anyio.Event | None = None  # the reader waits for room
+        self._readable: anyio.Event | None = None  # a consumer waits for an item
+        self._room: anyio.Event | None = None  # the producer waits for room
         self._closed = False
 
-    def put_nowait(self, message: str | bytes) -> bool:
-        """Add ``message`` unless full; False means the caller must wait (:meth:`put`)."""
+    def put_nowait(self, item: _T) -> bool:
+        """Add ``item`` unless full; False means it was not added."""
         if len(self._items) >= self._size:
             return False
-        self._items.append(message)
+        self._items.append(item)
         if self._readable is not None:
             self._readable.set()
             self._readable = None
         return True
 
-    async def put(self, message: str | bytes) -> bool:
-        """Add ``message`` once there is room; False if the inbox was closed meanwhile."""
+    async def put(self, item: _T) -> bool:
+        """Add ``item`` once there is room; False if the inbox was closed meanwhile."""
         while len(self._items) >= self._size:
             if self._closed:
                 return False
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
-        return self.put_nowait(message)
+        return self.put_nowait(item)
 
-    async def get(self) -> str | bytes | None:
-        """The next message, or None once closed and empty."""
+    async def get(self) -> _T | None:
+        """The next item, or None once closed and empty."""
         items = self._items
         while not items:
             if self._closed:
@@ -981,14 +1000,14 @@ class _Inbox:
             if self._readable is None:
                 self._readable = anyio.Event()
             await self._readable.wait()
-        message = items.popleft()
+        item = items.popleft()
         if self._room is not None:
             self._room.set()
             self._room = None
-        return message
+        return item
 
     def close(self) -> None:
-        """No more messages come in; those here can still be taken."""
+        """No more items come in; those here can still be taken."""
         self._closed = True
         for event in (self._readable, self._room):
             if event is not None:
@@ -1000,30 +1019,21 @@ class _StateChanges:
     """The iterator :meth:`ReconnectingTransport.state_changes` returns."""
 
     def __init__(self, max_buffer: int) -> None:
-        self._buffer: deque[StateChange] = deque()
-        self._max_buffer = max_buffer
-        self._arrived = anyio.Event()
-        self._ended = False
+        self._inbox: _Inbox[StateChange] = _Inbox(max_buffer)
         self.missed = 0  # changes dropped because the watcher fell behind
 
     def _push(self, change: StateChange) -> None:
-        if len(self._buffer) < self._max_buffer:
-            self._buffer.append(change)
-        else:
+        if not self._inbox.put_nowait(change):
             self.missed += 1
-        self._arrived.set()
 
     def _end(self) -> None:
-        self._ended = True
-        self._arrived.set()
+        self._inbox.close()
 
     def __aiter__(self) -> _StateChanges:
         return self
 
     async def __anext__(self) -> StateChange:
-        while not self._buffer:
-            if self._ended:
-                raise StopAsyncIteration
-            self._arrived = anyio.Event()
-            await self._arrived.wait()
-        return self._buffer.popleft()
+        change = await self._inbox.get()
+        if change is None:
+            raise StopAsyncIteration
+        return change
