@@ -7,6 +7,7 @@ wait is bounded by ``fail_after``.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -35,7 +36,7 @@ from wsclient import (
 from wsclient.server import Hub, HubServer, RequestContext
 from wsclient.testing import FaultProxy
 
-from .servers import header, running_server
+from .servers import closed_port, header, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -351,3 +352,24 @@ async def test_headers_callable_refreshes_the_token_on_reconnect() -> None:
         assert seen == ["Bearer token-0", "Bearer token-1", "Bearer token-2"]
         assert "token" not in repr(rt)
         assert "token" not in repr(factory)
+
+
+async def test_secrets_stay_out_of_repr_logs_and_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """A password and a token in the URL appear nowhere: repr, logs, state changes, errors."""
+    caplog.set_level(logging.DEBUG, logger="wsclient")
+    url = f"ws://user:hunter2@127.0.0.1:{closed_port()}/feed?token=s3cr3t&bare0ne"
+    factory = WebSocketFactory(url, headers={"Authorization": "Bearer s3cr3t"})
+    backoff = Backoff(jitter="none", initial=0.01, max_attempts=2)
+    rt = ReconnectingTransport(factory, backoff=backoff, heartbeat=None, retry_first_connect=True)
+    changes: list[StateChange] = []
+    rt.on_state_change(changes.append)
+    with pytest.raises(ReconnectFailed) as caught:
+        async with rt:
+            pytest.fail("connected to a closed port")
+    texts = [repr(rt), repr(factory), str(caught.value), repr(caught.value), caplog.text]
+    texts += [str(change.error) for change in changes]
+    texts += [str(caught.value.last_error), str(rt.statistics())]
+    for text in texts:
+        for secret in ("hunter2", "s3cr3t", "bare0ne"):
+            assert secret not in text, (secret, text)
+    assert "127.0.0.1" in str(caught.value)  # still says where it tried
