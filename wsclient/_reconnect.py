@@ -279,7 +279,8 @@ class ReconnectingTransport:
         self._hooks: list[OnConnect] = []
         self._state_callbacks: list[StateCallback] = []
         # Weak: a watcher abandoned mid-iteration must not be kept alive.
-        self._watchers: weakref.WeakSet[_StateChanges] = weakref.WeakSet()
+        # Made on first use: a WeakSet costs about 1 KiB per connection.
+        self._watchers: weakref.WeakSet[_StateChanges] | None = None
         self._inbox: _Inbox[str | bytes] = _Inbox(max_inbound)
 
         self._stack: AsyncExitStack | None = None
@@ -364,6 +365,8 @@ class ReconnectingTransport:
         if self._state is ConnectionState.CLOSED:
             watcher._end()
         else:
+            if self._watchers is None:
+                self._watchers = weakref.WeakSet()
             self._watchers.add(watcher)
         return watcher
 
@@ -502,9 +505,9 @@ class ReconnectingTransport:
         self._queue.clear()
         self._inbox.close()
         self._set_state(ConnectionState.CLOSED, error=failure)
-        for watcher in self._watchers:
+        for watcher in self._watchers or ():
             watcher._end()
-        self._watchers.clear()
+        self._watchers = None
         self._settled.set()
         self._closed.set()
 
@@ -894,7 +897,7 @@ class ReconnectingTransport:
                 callback(change)
             except Exception:
                 logger.exception("%s: state callback raised", self._name)
-        for watcher in self._watchers:
+        for watcher in self._watchers or ():
             watcher._push(change)  # one that fell behind misses changes; it never blocks us
 
 
@@ -943,6 +946,7 @@ class _Flag:
         self._set = True
         if self._event is not None:
             self._event.set()
+            self._event = None  # its waiters hold it; we no longer need to
 
     def is_set(self) -> bool:
         return self._set
