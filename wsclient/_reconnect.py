@@ -312,6 +312,9 @@ class ReconnectingTransport:
         self._last_rtt: float | None = None
         self._messages_received = 0
         self._handler_errors = 0
+        # For transports that do not report last_received_at (see _heard).
+        self._heard_count = 0
+        self._heard_at: float | None = None
 
     # Observing
 
@@ -474,8 +477,12 @@ class ReconnectingTransport:
         self._set_state(ConnectionState.CLOSING)
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
-                self._start_flusher()
-                if self._flushing:
+                # Again until empty: a flusher's last pop can let a blocked
+                # sender in after the flusher has looked for more.
+                while True:
+                    self._start_flusher()
+                    if not self._flushing:
+                        break
                     await self._flushed.wait()
                 transport = self._transport
                 if transport is not None:
@@ -631,6 +638,12 @@ class ReconnectingTransport:
             while not self._closing:
                 attempted_at = anyio.current_time()
                 transport, error = await self._attempt()
+                if self._closing:  # aclose() ran while the attempt was under way
+                    if transport is not None:
+                        with anyio.CancelScope(shield=True):
+                            await transport.abort()
+                        self._live_transports -= 1
+                    break
                 opened = short_lived = False
                 if transport is not None:
                     started = anyio.current_time()
@@ -797,6 +810,8 @@ class ReconnectingTransport:
         watch = None
         if config is not None:
             watch = HeartbeatWatch(config, now=anyio.current_time())
+            self._heard_count = self._messages_received
+            self._heard_at = None
         handler = self._message_handler
         inbox = self._inbox
         try:
@@ -829,10 +844,22 @@ class ReconnectingTransport:
         except ConnectionClosed as exc:
             return exc
 
+    def _heard(self, transport: Transport) -> float | None:
+        """When the server was last heard from, for the heartbeat."""
+        stamp = transport.statistics().last_received_at
+        if stamp is not None:
+            return stamp
+        # A transport that does not time its input: a message delivered since
+        # the last look counts as heard now (late by up to an interval).
+        if self._messages_received != self._heard_count:
+            self._heard_count = self._messages_received
+            self._heard_at = anyio.current_time()
+        return self._heard_at
+
     async def _beat(self, transport: Transport, watch: HeartbeatWatch) -> None:
         """The watch's deadline passed: wait on, probe, or declare the connection dead."""
         graces = watch.grace_periods
-        verdict = watch.check(now=anyio.current_time(), last_received=_last_received(transport))
+        verdict = watch.check(now=anyio.current_time(), last_received=self._heard(transport))
         self._grace_periods += watch.grace_periods - graces
         if verdict is Verdict.ALIVE:
             return
@@ -857,7 +884,7 @@ class ReconnectingTransport:
                 self._last_rtt = await transport.ping()
                 watch.restart(now=anyio.current_time())
                 return
-            verdict = watch.check(now=anyio.current_time(), last_received=_last_received(transport))
+            verdict = watch.check(now=anyio.current_time(), last_received=self._heard(transport))
             if verdict is not Verdict.DEAD:
                 return
         self._heartbeat_timeouts += 1
@@ -911,10 +938,6 @@ def _log_change(name: str, change: StateChange) -> None:
     failed = change.state is ConnectionState.CLOSED and change.error is not None
     level = logging.WARNING if failed else logging.INFO
     logger.log(level, "%s", text)
-
-
-def _last_received(transport: Transport) -> float | None:
-    return transport.statistics().last_received_at
 
 
 def _retry_after(error: BaseException | None) -> float:
