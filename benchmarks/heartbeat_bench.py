@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import resource
-import selectors
 import shutil
 import signal
 import statistics
@@ -42,11 +41,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from echo_process import SERVER_SCRIPT, preexec, read_port, stop_server
+
 HOST = "127.0.0.1"
-SERVER_SCRIPT = Path(__file__).with_name("echo_server.py")
 SERVER_CPU = 0
 CLIENT_CPU = 1
-SERVER_START_TIMEOUT = 15.0
 LOOPS = ("asyncio", "uvloop", "trio")
 # Descriptors a process needs besides its sockets: stdio, the selector, the
 # loop's self-pipe, the interpreter's own files, with room to spare.
@@ -337,22 +336,6 @@ def raise_file_limit(connections: int) -> int:
     return target
 
 
-def die_with_parent() -> None:
-    """In a child process: get SIGTERM if the runner dies, even by SIGKILL (Linux)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-def preexec() -> Callable[[], None] | None:
-    return die_with_parent if sys.platform == "linux" else None
-
-
 def start_server(pin: bool) -> tuple[subprocess.Popen[bytes], int]:
     command = [sys.executable, str(SERVER_SCRIPT), "--port", "0"]
     if pin:
@@ -361,31 +344,11 @@ def start_server(pin: bool) -> tuple[subprocess.Popen[bytes], int]:
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=preexec()
     )
     try:
-        assert process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            if not selector.select(SERVER_START_TIMEOUT):
-                raise RuntimeError(f"echo server printed no port in {SERVER_START_TIMEOUT} s")
-        line = process.stdout.readline().decode().strip()
-        keyword, _, port = line.partition(" ")
-        if keyword != "PORT" or not port.isdigit():
-            raise RuntimeError(f"echo server did not start: first line {line!r}")
+        port = read_port(process)
     except BaseException:
         stop_server(process)
         raise
-    return process, int(port)
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
+    return process, port
 
 
 def worker_command(args: argparse.Namespace, loop: str, url: str, traced: bool) -> list[str]:

@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import random
-import selectors
 import shutil
 import signal
 import statistics
@@ -47,12 +46,11 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import orjson
+from echo_process import SERVER_SCRIPT, preexec, read_port, stop_server
 
 HOST = "127.0.0.1"
-SERVER_SCRIPT = Path(__file__).with_name("echo_server.py")
 SERVER_CPU = 0
 CLIENT_CPU = 1
-SERVER_START_TIMEOUT = 15.0
 
 Send = Callable[[str], Awaitable[None]]
 Recv = Callable[[], Awaitable[Any]]
@@ -415,44 +413,6 @@ def server_command(compression: bool, pin: bool) -> tuple[list[str], str]:
     ], f"server pinned to CPU {SERVER_CPU} (taskset)"
 
 
-def die_with_parent() -> None:
-    """In the server's child process: get SIGTERM if this runner dies, even by SIGKILL."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # Not Linux: the try/finally in main() still stops the server.
-
-
-def read_port(process: subprocess.Popen[bytes]) -> int:
-    """The port from the server's first line, ``PORT <n>``."""
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if not selector.select(SERVER_START_TIMEOUT):
-            raise RuntimeError(f"echo server printed no port in {SERVER_START_TIMEOUT} s")
-    line = process.stdout.readline().decode().strip()
-    keyword, _, port = line.partition(" ")
-    if keyword != "PORT" or not port.isdigit():
-        raise RuntimeError(f"echo server did not start: first line {line!r}")
-    return int(port)
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-
-
 # Statistics and report.
 
 
@@ -657,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        preexec_fn=die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=preexec(),
     )
     try:
         port = read_port(process)
