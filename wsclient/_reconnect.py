@@ -385,9 +385,7 @@ class ReconnectingTransport:
         async for change in self.state_changes():  # ends after CLOSED
             if change.state in states:
                 return change.state
-        if self._failure is not None:
-            raise self._failure.with_traceback(None)
-        raise InvalidState(f"{self._name} is closed")
+        raise self._closed_reason()
 
     def statistics(self) -> ConnectionStatistics:
         """A snapshot of this connection's counters."""
@@ -507,8 +505,7 @@ class ReconnectingTransport:
             return
         self._failure = failure
         self._live = None
-        closed: BaseException = failure or InvalidState(f"{self._name} is closed")
-        self._queue.close(closed)
+        self._queue.close(self._closed_reason())
         self._queue.clear()
         self._inbox.close()
         self._set_state(ConnectionState.CLOSED, error=failure)
@@ -568,9 +565,13 @@ class ReconnectingTransport:
 
     def _check_open(self) -> None:
         if self._state is ConnectionState.CLOSED or self._closing:
-            if self._failure is not None:
-                raise self._failure.with_traceback(None)
-            raise InvalidState(f"{self._name} is closed")
+            raise self._closed_reason()
+
+    def _closed_reason(self) -> BaseException:
+        """What operations raise once closed: why it gave up, or InvalidState."""
+        if self._failure is not None:
+            return self._failure.with_traceback(None)
+        return InvalidState(f"{self._name} is closed")
 
     def _start_flusher(self) -> None:
         group = self._connection_group
