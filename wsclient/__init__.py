@@ -1,12 +1,23 @@
 """wsclient: a resilient, fast, typed WebSocket client SDK for asyncio and trio."""
 
 from ._backoff import Backoff, Jitter
+from ._buffer import BufferPolicy, BufferStatistics, InboundOverflow
+from ._channels import (
+    ChannelStatistics,
+    Subscription,
+    SubscriptionState,
+    SubscriptionStatistics,
+)
+from ._client import Client, ClientStatistics, connect
 from ._codec import Codec, JsonCodec, RawCodec
+from ._correlator import InFlight, RequestStatistics
+from ._dialect import DefaultDialect, Dialect, Inbound, Route
 from ._exceptions import (
     ConnectError,
     ConnectionClosed,
     ConnectionClosedError,
     ConnectionClosedOK,
+    ConnectionLost,
     ConnectTimeout,
     HeartbeatTimeout,
     InvalidState,
@@ -15,9 +26,13 @@ from ._exceptions import (
     ProtocolError,
     QueueFull,
     ReconnectFailed,
+    RemoteError,
+    RequestTimeout,
     WSClientError,
 )
 from ._heartbeat import Heartbeat
+from ._jsonrpc import JsonRpcDialect
+from ._mux import Session, SessionStatistics
 from ._outbound import Overflow, QueuePolicy, QueueStatistics
 from ._reconnect import (
     ConnectionState,
@@ -38,20 +53,32 @@ from ._version import __version__
 
 __all__ = [
     "Backoff",
+    "BufferPolicy",
+    "BufferStatistics",
+    "ChannelStatistics",
+    "Client",
+    "ClientStatistics",
     "Codec",
     "ConnectError",
     "ConnectTimeout",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "ConnectionLost",
     "ConnectionState",
     "ConnectionStatistics",
+    "DefaultDialect",
+    "Dialect",
     "Heartbeat",
     "HeartbeatTimeout",
+    "InFlight",
+    "Inbound",
+    "InboundOverflow",
     "InvalidState",
     "InvalidURL",
     "Jitter",
     "JsonCodec",
+    "JsonRpcDialect",
     "MessageTooBig",
     "Overflow",
     "ProtocolError",
@@ -61,7 +88,16 @@ __all__ = [
     "RawCodec",
     "ReconnectFailed",
     "ReconnectingTransport",
+    "RemoteError",
+    "RequestStatistics",
+    "RequestTimeout",
+    "Route",
+    "Session",
+    "SessionStatistics",
     "StateChange",
+    "Subscription",
+    "SubscriptionState",
+    "SubscriptionStatistics",
     "Transport",
     "TransportState",
     "TransportStatistics",
@@ -69,6 +105,7 @@ __all__ = [
     "WebSocketFactory",
     "WebSocketTransport",
     "__version__",
+    "connect",
     "connect_transport",
     "is_retryable",
 ]

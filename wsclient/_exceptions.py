@@ -14,7 +14,10 @@ chained with ``raise ... from original`` so the cause stays visible::
     │       ├── MessageTooBig         a message exceeded a size limit (close code 1009)
     │       └── HeartbeatTimeout      the server stopped answering: a zombie connection
     ├── ReconnectFailed               reconnecting gave up (.last_error, .attempts)
-    ├── QueueFull                     the outbound queue has no room for a message
+    ├── ConnectionLost                the connection dropped while a request was in flight
+    ├── RequestTimeout                no reply within the request's timeout (also a TimeoutError)
+    ├── RemoteError                   the server answered with an error (.code, .data)
+    ├── QueueFull                     a queue or buffer has no room for a message
     ├── ProtocolError                 the peer broke the WebSocket or message protocol
     └── InvalidState                  the operation is not allowed in the current state
 
@@ -30,6 +33,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "ConnectionLost",
     "HeartbeatTimeout",
     "InvalidState",
     "InvalidURL",
@@ -37,6 +41,8 @@ __all__ = [
     "ProtocolError",
     "QueueFull",
     "ReconnectFailed",
+    "RemoteError",
+    "RequestTimeout",
     "WSClientError",
 ]
 
@@ -154,8 +160,46 @@ class ReconnectFailed(WSClientError):
         self.attempts = attempts
 
 
+class ConnectionLost(WSClientError):
+    """The connection dropped while this request was in flight.
+
+    The server may or may not have processed it. Raised at once when the
+    connection drops (the ``fail`` policy), or when the client closes with
+    requests pending. ``__cause__`` is the error that ended the connection.
+    """
+
+
+class RequestTimeout(WSClientError, TimeoutError):
+    """No reply came within the request's timeout; the waiter is gone."""
+
+
+class RemoteError(WSClientError):
+    """The server answered with an error.
+
+    ``str(exc)`` is the server's message; ``code`` and ``data`` are what the
+    protocol carries besides (JSON-RPC's error code and data), and
+    ``request_id`` the id of the request it answers, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        data: object = None,
+        request_id: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.data = data
+        self.request_id = request_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self),), self.__dict__)
+
+
 class QueueFull(WSClientError):
-    """The outbound queue is at its bound and its policy refuses the message."""
+    """A queue or buffer is at its bound and its policy refuses the message."""
 
 
 class ProtocolError(WSClientError):

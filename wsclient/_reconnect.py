@@ -42,6 +42,7 @@ from ._exceptions import (
     InvalidURL,
     QueueFull,
     ReconnectFailed,
+    RemoteError,
     WSClientError,
 )
 from ._heartbeat import Heartbeat, HeartbeatWatch, Verdict
@@ -150,10 +151,14 @@ def is_retryable(error: BaseException) -> bool:
     failures, invalid URLs, close codes 1008 (policy violation), 3000
     (unauthorized), 3003 (forbidden) and 4000-4999 (the application's own),
     misuse of the API (``InvalidState``, ``QueueFull`` raised in a hook) and
-    errors that are not network errors at all (a bug in a hook).
+    errors that are not network errors at all (a bug in a hook), and a
+    :class:`~wsclient.RemoteError` from a hook (the server refused to
+    re-authenticate us).
     """
     if isinstance(error, (InvalidURL, InvalidState, QueueFull, ReconnectFailed)):
         return False  # misuse of the API, not the network: retrying cannot help
+    if isinstance(error, RemoteError):
+        return False  # the server refused (credentials, say): it will refuse again
     if isinstance(error, ConnectError):
         if error.status is not None:
             return error.status in _RETRY_STATUSES
@@ -312,6 +317,7 @@ class ReconnectingTransport:
         self._last_rtt: float | None = None
         self._messages_received = 0
         self._handler_errors = 0
+        self._accepted = 0  # messages accepted by send(): numbers them for left_queue()
         # For transports that do not report last_received_at (see _heard).
         self._heard_count = 0
         self._heard_at: float | None = None
@@ -526,6 +532,24 @@ class ReconnectingTransport:
         connection is closed for good. A message handed to a connection that
         dies may be lost: delivery is at most once.
         """
+        return await self.submit(data, text=text) is not None
+
+    async def submit(
+        self,
+        data: str | bytes,
+        *,
+        text: bool | None = None,
+        on_accepted: Callable[[int], None] | None = None,
+    ) -> int | None:
+        """:meth:`send`, returning the message's number, or None if it was dropped.
+
+        Messages are numbered 1, 2, 3... in the order they are accepted, which
+        is the order they are written; :meth:`left_queue` then tells whether a
+        message was handed to a connection yet. The request layer uses this
+        to know which requests were in flight when a connection dropped.
+        ``on_accepted(number)`` is called as soon as the number is given,
+        before the message can be written or lost.
+        """
         live = self._live
         if (
             live is not None
@@ -533,16 +557,26 @@ class ReconnectingTransport:
             # Dead but not yet noticed by the reader: the message waits in the queue.
             and live.state is TransportState.OPEN
         ):
+            _check_message(data)
+            self._accepted += 1
+            number = self._accepted
+            if on_accepted is not None:
+                on_accepted(number)
             # A message handed to a socket that then dies is lost (at most
             # once, as documented); the reader notices the loss and reconnects.
             with contextlib.suppress(ConnectionClosed):
                 await live.send(data, text=text)
-            return True
+            return number
         payload, is_text = _to_queue_item(data, text)
         self._check_open()
-        accepted = await self._queue.put(payload, is_text)
+        if not await self._queue.put(payload, is_text):
+            return None
+        self._accepted += 1
+        number = self._accepted
+        if on_accepted is not None:
+            on_accepted(number)
         self._start_flusher()
-        return accepted
+        return number
 
     def send_nowait(self, data: str | bytes, *, text: bool | None = None) -> bool:
         """Queue a message without ever waiting; it is written as soon as possible.
@@ -552,9 +586,21 @@ class ReconnectingTransport:
         """
         payload, is_text = _to_queue_item(data, text)
         self._check_open()
-        accepted = self._queue.put_nowait(payload, is_text)
+        if not self._queue.put_nowait(payload, is_text):
+            return False
+        self._accepted += 1
         self._start_flusher()
-        return accepted
+        return True
+
+    def left_queue(self, number: int) -> bool:
+        """Whether message ``number`` (from :meth:`submit`) has left the outbound queue.
+
+        True once it was handed to a connection, or dropped by the queue's
+        policy (oldest dropped, expired, discarded on close). The queue is
+        first in, first out, so that is every message but the last
+        ``len(queue)`` accepted.
+        """
+        return number <= self._accepted - len(self._queue)
 
     async def ping(self) -> float:
         """Ping the server now and return the round trip in seconds; needs OPEN."""
@@ -952,9 +998,13 @@ def _retry_after(error: BaseException | None) -> float:
 def _to_queue_item(data: str | bytes, text: bool | None) -> tuple[bytes, bool]:
     if isinstance(data, str):
         return data.encode(), True
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data), bool(text)
-    raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
+    _check_message(data)
+    return bytes(data), bool(text)
+
+
+def _check_message(data: object) -> None:
+    if not isinstance(data, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
 
 
 class _Flag:

@@ -1,0 +1,517 @@
+"""Channel subscriptions: the registry of what this client listens to.
+
+Local subscribers to one channel share one server subscription: the first
+sends ``subscribe``, the last to leave sends ``unsubscribe`` (a reference
+count). Every live channel is subscribed again after a reconnect, from an
+``on_connect`` hook, so before the queued messages flush. Each subscriber
+has its own bounded buffer (:class:`~wsclient.BufferPolicy`), or a callback,
+so a slow consumer loses its own messages and never stalls the others.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+import anyio
+
+from ._buffer import BufferPolicy, InboundBuffer
+from ._exceptions import InvalidState, RemoteError, RequestTimeout, WSClientError
+
+__all__ = ["ChannelStatistics", "Subscription", "SubscriptionState", "SubscriptionStatistics"]
+
+logger = logging.getLogger("wsclient.channels")
+
+#: A callback subscriber: called with each delivery's data, in the reader task.
+DeliveryCallback = Callable[[Any], None]
+
+
+class SubscriptionState(enum.Enum):
+    """Where a subscription is in its life."""
+
+    SUBSCRIBING = "subscribing"  # asked for (or waiting for a connection), not confirmed yet
+    SUBSCRIBED = "subscribed"  # confirmed by the server
+    UNSUBSCRIBED = "unsubscribed"  # closed by us, or the client closed
+    FAILED = "failed"  # refused by the server, or fell behind under overflow="fail"
+
+
+@dataclass(frozen=True)
+class SubscriptionStatistics:
+    """Counters of one :class:`Subscription`."""
+
+    state: SubscriptionState
+    received: int  # deliveries handed to it
+    pending: int  # buffered, not read yet
+    dropped: int  # lost to its buffer's overflow policy
+
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """Counters of a client's channel registry."""
+
+    channels: int  # server subscriptions held now
+    subscriptions: int  # local subscribers now
+    by_state: dict[SubscriptionState, int]  # local subscribers per state
+    deliveries: int  # channel messages received for a subscribed channel
+    dropped: int  # deliveries lost to subscribers' overflow policies
+    confirmations: int
+    resubscribes: int  # subscribe messages sent again after a reconnect
+    callback_errors: int  # exceptions raised by callback subscribers
+
+
+class ChannelHost(Protocol):
+    """What the registry needs from the client it belongs to."""
+
+    @property
+    def request_timeout(self) -> float: ...
+
+    @property
+    def confirms_subscriptions(self) -> bool: ...
+
+    def connection(self) -> object | None:
+        """The connection being served (hooks running or open), if any."""
+
+    def left_queue(self, number: int) -> bool: ...
+
+    async def submit_frame(
+        self, frame: Any, on_accepted: Callable[[int], None] | None = None
+    ) -> int | None:
+        """Encode and send (or queue) a framed message; its number, None if dropped."""
+
+    def send_frame_nowait(self, frame: Any) -> None:
+        """Encode and queue a framed message without waiting."""
+
+    def subscribe_frame(self, channel: str) -> Any: ...
+
+    def unsubscribe_frame(self, channel: str) -> Any: ...
+
+    def report(self, error: BaseException) -> None:
+        """Hand an error to the client's error event."""
+
+
+class _Channel:
+    """One server subscription and its local subscribers."""
+
+    __slots__ = ("changed", "name", "number", "sent_on", "state", "subscribers")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subscribers: list[Subscription] = []
+        self.state = SubscriptionState.SUBSCRIBING
+        self.sent_on: object | None = None  # the connection its subscribe went to
+        self.number: int | None = None  # its subscribe's number in the outbound queue
+        self.changed: anyio.Event | None = None  # made when someone waits for the state
+
+    def set_state(self, state: SubscriptionState) -> None:
+        self.state = state
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
+
+
+class ChannelRegistry:
+    """Every channel this client subscribes to, with their local subscribers."""
+
+    def __init__(self, host: ChannelHost, *, policy: BufferPolicy, name: str = "client") -> None:
+        self._host = host
+        self._policy = policy
+        self._name = name
+        self._channels: dict[str, _Channel] = {}
+        self._closed: BaseException | None = None
+        self._deliveries = 0
+        self._dropped_closed = 0  # drops of subscriptions that are gone
+        self._confirmations = 0
+        self._resubscribes = 0
+        self._callback_errors = 0
+
+    def subscription(
+        self,
+        channel: str,
+        *,
+        callback: DeliveryCallback | None = None,
+        buffer: BufferPolicy | None = None,
+        origin: Any = None,
+    ) -> Subscription:
+        """A subscription to ``channel``, opened by ``async with`` or ``await``."""
+        if not isinstance(channel, str) or not channel:
+            raise ValueError(f"a channel is a non-empty string, not {channel!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable")
+        return Subscription(self, channel, callback, buffer or self._policy, origin)
+
+    # Subscribers come and go
+
+    async def _open(self, sub: Subscription) -> None:
+        if self._closed is not None:
+            raise self._closed.with_traceback(None)
+        channel = self._channels.get(sub.channel)
+        if channel is not None:
+            channel.subscribers.append(sub)
+            sub._channel = channel
+            return
+        channel = self._channels[sub.channel] = _Channel(sub.channel)
+        channel.subscribers.append(sub)
+        sub._channel = channel
+        connection = self._host.connection()
+        if connection is None:
+            return  # the on_connect hook subscribes it
+        channel.sent_on = connection
+
+        def numbered(number: int) -> None:
+            channel.number = number
+
+        try:
+            await self._host.submit_frame(self._host.subscribe_frame(sub.channel), numbered)
+        except BaseException:
+            self._release(sub)
+            raise
+        self._sent(channel)
+
+    def _sent(self, channel: _Channel) -> None:
+        if not self._host.confirms_subscriptions and channel.state is not SubscriptionState.FAILED:
+            channel.set_state(SubscriptionState.SUBSCRIBED)
+
+    def _release(self, sub: Subscription) -> Any:
+        """Take ``sub`` out; return the unsubscribe frame to send if it was the last."""
+        channel = sub._channel
+        sub._channel = None
+        if channel is None or sub not in channel.subscribers:
+            return None
+        channel.subscribers.remove(sub)
+        self._dropped_closed += sub._dropped()
+        if channel.subscribers or self._channels.get(channel.name) is not channel:
+            return None
+        del self._channels[channel.name]
+        channel.set_state(SubscriptionState.UNSUBSCRIBED)
+        if self._reaches_server(channel):
+            return self._host.unsubscribe_frame(channel.name)
+        return None
+
+    def _reaches_server(self, channel: _Channel) -> bool:
+        """Whether the server has, or will get, this channel's subscribe."""
+        if channel.state is SubscriptionState.FAILED:
+            return False
+        current = self._host.connection()
+        if current is not None and channel.sent_on is current:
+            return True
+        return channel.number is not None and not self._host.left_queue(channel.number)
+
+    async def _close(self, sub: Subscription) -> None:
+        frame = self._release(sub)
+        if frame is not None and self._closed is None:
+            try:
+                await self._host.submit_frame(frame)
+            except (WSClientError, TypeError) as exc:
+                # The subscription is gone locally either way; stray deliveries
+                # that follow go to the client's unhandled messages.
+                logger.warning(
+                    "%s: could not unsubscribe from %r: %s", self._name, sub.channel, exc
+                )
+
+    def _fell_behind(self, sub: Subscription) -> None:
+        """A subscriber under overflow="fail" fell behind: drop it, from the reader task."""
+        frame = self._release(sub)
+        assert sub._buffer is not None
+        sub._end(sub._buffer.error, state=SubscriptionState.FAILED)
+        if frame is not None:
+            try:
+                self._host.send_frame_nowait(frame)
+            except (WSClientError, TypeError) as exc:
+                logger.warning(
+                    "%s: could not unsubscribe from %r: %s", self._name, sub.channel, exc
+                )
+
+    def release_origin(self, origin: Any) -> list[Any]:
+        """Close every subscription of session ``origin``; the unsubscribe frames to send."""
+        frames = []
+        for channel in list(self._channels.values()):
+            for sub in list(channel.subscribers):
+                if sub.origin == origin:
+                    sub._end(None)
+                    frame = self._release(sub)
+                    if frame is not None:
+                        frames.append(frame)
+        return frames
+
+    def count_for(self, origin: Any) -> int:
+        """How many open subscriptions session ``origin`` has."""
+        return sum(
+            1 for c in self._channels.values() for sub in c.subscribers if sub.origin == origin
+        )
+
+    # The reader's side
+
+    def deliver(self, channel_name: str, data: Any) -> bool:
+        """Hand a delivery to the channel's subscribers; False if it has none."""
+        channel = self._channels.get(channel_name)
+        if channel is None:
+            return False
+        self._deliveries += 1
+        for sub in list(channel.subscribers):
+            callback = sub._callback
+            if callback is None:
+                if not sub._put(data) and sub._buffer_failed():
+                    self._fell_behind(sub)
+                continue
+            sub._received += 1
+            try:
+                callback(data)
+            except Exception as exc:
+                self._callback_errors += 1
+                logger.exception("%s: callback of a subscription to %r raised", self._name, channel)
+                self._host.report(exc)
+        return True
+
+    def confirm(self, channel_name: str, error: RemoteError | None = None) -> bool:
+        """The server confirmed (or refused) ``channel_name``; False if we hold no such channel."""
+        channel = self._channels.get(channel_name)
+        if channel is None:
+            return False
+        self._confirmations += 1
+        if error is None:
+            if channel.state is SubscriptionState.SUBSCRIBING:
+                channel.set_state(SubscriptionState.SUBSCRIBED)
+            return True
+        del self._channels[channel_name]
+        channel.set_state(SubscriptionState.FAILED)
+        for sub in channel.subscribers:
+            sub._end(error, state=SubscriptionState.FAILED)
+            sub._channel = None
+        channel.subscribers.clear()
+        self._host.report(error)
+        return True
+
+    # The connection's life
+
+    def connection_lost(self) -> None:
+        """The connection dropped: every channel needs subscribing (and confirming) again."""
+        for channel in self._channels.values():
+            channel.sent_on = None
+            channel.number = None
+            if channel.state is SubscriptionState.SUBSCRIBED:
+                channel.set_state(SubscriptionState.SUBSCRIBING)
+
+    async def resubscribe(self, connection: object, send: Callable[[Any], Any]) -> None:
+        """The ``on_connect`` hook: subscribe every live channel on ``connection``.
+
+        Again until none is left: a subscription opened while this runs is
+        picked up too, and none can open between the last check and OPEN.
+        """
+        while True:
+            pending = [c for c in self._channels.values() if c.sent_on is not connection]
+            if not pending:
+                return
+            for channel in pending:
+                if self._channels.get(channel.name) is not channel:
+                    continue  # closed meanwhile
+                channel.sent_on = connection
+                channel.number = None
+                if channel.state is not SubscriptionState.SUBSCRIBING:
+                    channel.set_state(SubscriptionState.SUBSCRIBING)
+                self._resubscribes += 1
+                await send(self._host.subscribe_frame(channel.name))
+                self._sent(channel)
+
+    def close(self, error: BaseException | None) -> None:
+        """The client closed: end every subscription (with ``error`` if it failed)."""
+        if self._closed is None:
+            self._closed = InvalidState(f"{self._name} is closed")
+        for channel in list(self._channels.values()):
+            for sub in channel.subscribers:
+                sub._end(error)
+                self._dropped_closed += sub._dropped()
+                sub._channel = None
+            channel.subscribers.clear()
+            channel.set_state(SubscriptionState.UNSUBSCRIBED)
+        self._channels.clear()
+
+    def statistics(self) -> ChannelStatistics:
+        by_state = dict.fromkeys(SubscriptionState, 0)
+        subscriptions = 0
+        dropped = self._dropped_closed
+        for channel in self._channels.values():
+            for sub in channel.subscribers:
+                subscriptions += 1
+                by_state[sub.state] += 1
+                dropped += sub._dropped()
+        return ChannelStatistics(
+            channels=len(self._channels),
+            subscriptions=subscriptions,
+            by_state=by_state,
+            deliveries=self._deliveries,
+            dropped=dropped,
+            confirmations=self._confirmations,
+            resubscribes=self._resubscribes,
+            callback_errors=self._callback_errors,
+        )
+
+    def __repr__(self) -> str:
+        return f"<ChannelRegistry {self._name} channels={sorted(self._channels)}>"
+
+
+class Subscription:
+    """One local subscriber to a channel: ``async with client.subscribe("prices") as sub``.
+
+    Read deliveries with ``async for data in sub`` or :meth:`receive`, or
+    give ``callback=`` to have each one handed over as it arrives. Opening
+    it (``async with`` or ``await``) sends ``subscribe`` if no other local
+    subscriber holds the channel; closing it sends ``unsubscribe`` if it was
+    the last. It survives reconnects: the client subscribes again.
+    """
+
+    def __init__(
+        self,
+        registry: ChannelRegistry,
+        channel: str,
+        callback: DeliveryCallback | None,
+        policy: BufferPolicy,
+        origin: Any,
+    ) -> None:
+        self._registry = registry
+        self.channel = channel
+        self.origin = origin
+        self._callback = callback
+        self._buffer: InboundBuffer[Any] | None = (
+            None
+            if callback is not None
+            else InboundBuffer(policy, name=f"subscription to {channel!r}")
+        )
+        self._channel: _Channel | None = None
+        self._opened = False
+        self._state: SubscriptionState | None = None  # set when it ends
+        self._error: BaseException | None = None  # why it failed
+        self._received = 0
+
+    @property
+    def state(self) -> SubscriptionState:
+        """The subscription's state (that of its channel while it is open)."""
+        if self._state is not None:
+            return self._state
+        if self._channel is None:
+            return (
+                SubscriptionState.SUBSCRIBING
+                if not self._opened
+                else SubscriptionState.UNSUBSCRIBED
+            )
+        return self._channel.state
+
+    async def _start(self) -> Subscription:
+        if self._opened:
+            raise InvalidState(f"the subscription to {self.channel!r} was already opened")
+        self._opened = True
+        await self._registry._open(self)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Subscription]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Subscription:
+        return await self._start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Leave the channel: sends ``unsubscribe`` if this was its last local subscriber."""
+        if self._state is None:
+            self._end(None)
+        await self._registry._close(self)
+
+    async def confirmed(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until the server confirmed the subscription.
+
+        ``timeout`` defaults to the client's ``request_timeout``; raises
+        :class:`~wsclient.RequestTimeout` then. Raises the server's
+        :class:`~wsclient.RemoteError` if it refused, and
+        :class:`~wsclient.InvalidState` if the subscription is closed.
+        """
+        limit = self._registry._host.request_timeout if timeout is None else timeout
+        with anyio.move_on_after(limit):
+            while True:
+                state = self.state
+                if state is SubscriptionState.SUBSCRIBED:
+                    return
+                if state is not SubscriptionState.SUBSCRIBING or self._channel is None:
+                    raise self._closed_error()
+                channel = self._channel
+                if channel.changed is None:
+                    channel.changed = anyio.Event()
+                await channel.changed.wait()
+        raise RequestTimeout(
+            f"no confirmation of the subscription to {self.channel!r} in {limit:g}s"
+        )
+
+    async def receive(self) -> Any:
+        """The next delivery's data; raises once the subscription ended and its buffer is read."""
+        buffer = self._buffer
+        if buffer is None:
+            raise InvalidState(f"deliveries on {self.channel!r} go to the callback")
+        if not self._opened:
+            raise InvalidState(f"open the subscription to {self.channel!r} first (async with)")
+        try:
+            return await buffer.get()
+        except anyio.EndOfStream:
+            raise self._closed_error() from None
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Any:
+        buffer = self._buffer
+        if buffer is None:
+            raise InvalidState(f"deliveries on {self.channel!r} go to the callback")
+        try:
+            return await buffer.get()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def statistics(self) -> SubscriptionStatistics:
+        buffer = self._buffer
+        if buffer is None:
+            return SubscriptionStatistics(self.state, self._received, 0, 0)
+        stats = buffer.statistics()
+        return SubscriptionStatistics(self.state, stats.received, stats.pending, stats.dropped)
+
+    def __repr__(self) -> str:
+        stats = self.statistics()
+        return (
+            f"<Subscription {self.channel!r} {self.state.name} pending={stats.pending}"
+            f" dropped={stats.dropped}>"
+        )
+
+    # Called by the registry
+
+    def _put(self, data: Any) -> bool:
+        assert self._buffer is not None
+        return self._buffer.put_nowait(data)
+
+    def _buffer_failed(self) -> bool:
+        return self._buffer is not None and self._buffer.closed and self._state is None
+
+    def _dropped(self) -> int:
+        return self._buffer.statistics().dropped if self._buffer is not None else 0
+
+    def _end(self, error: BaseException | None, *, state: SubscriptionState | None = None) -> None:
+        if self._state is not None:
+            return
+        self._state = state or (
+            SubscriptionState.FAILED if error else SubscriptionState.UNSUBSCRIBED
+        )
+        self._error = error
+        if self._buffer is not None:
+            self._buffer.close(error)
+
+    def _closed_error(self) -> BaseException:
+        if self._error is not None:
+            return self._error.with_traceback(None)
+        return InvalidState(f"the subscription to {self.channel!r} is {self.state.value}")

@@ -1,0 +1,541 @@
+"""The Client: every layer behind one object, ``async with wsclient.connect(url)``.
+
+It composes a :class:`~wsclient.ReconnectingTransport` (backoff, heartbeat,
+outbound queue) with the correlator, the channel registry and the sessions.
+Inbound messages are dispatched in the connection's reader task, through the
+dialect, with no hop: replies wake their requests, deliveries fill their
+subscribers' buffers, the rest goes to ``async for message in client``.
+
+After every reconnect one ``on_connect`` hook re-authenticates (and waits
+for the answer), subscribes every live channel again, and resends the
+requests whose policy is ``resend``; only then does the queue flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio
+
+from ._backoff import Backoff
+from ._buffer import BufferPolicy, BufferStatistics, InboundBuffer
+from ._channels import ChannelRegistry, ChannelStatistics
+from ._checks import is_finite_number
+from ._codec import Codec, JsonCodec
+from ._correlator import IN_FLIGHT_POLICIES, Correlator, InFlight, RequestStatistics
+from ._dialect import DefaultDialect, Dialect, Inbound, Route
+from ._endpoint import Endpoint
+from ._exceptions import ConnectionLost, ProtocolError, QueueFull, WSClientError
+from ._heartbeat import Heartbeat
+from ._mux import Mux, Session
+from ._outbound import QueuePolicy
+from ._reconnect import (
+    ConnectionState,
+    ConnectionStatistics,
+    ReconnectingTransport,
+    ShouldRetry,
+    StateChange,
+    WebSocketFactory,
+)
+from ._redact import redact_url
+from ._transport import HeadersLike, Transport, _parse_url
+
+__all__ = ["Client", "ClientStatistics", "connect"]
+
+logger = logging.getLogger("wsclient.client")
+
+StateCallback = Callable[[StateChange], None]
+ErrorCallback = Callable[[BaseException], None]
+MessageCallback = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class ClientStatistics:
+    """A snapshot of a :class:`Client`, layer by layer."""
+
+    state: ConnectionState
+    connection: ConnectionStatistics  # reconnects, heartbeat, last RTT, the outbound queue
+    requests: RequestStatistics  # pending, timeouts, remote errors, lost, resent
+    channels: ChannelStatistics  # subscriptions by state, deliveries, drops
+    messages: BufferStatistics  # the client's own unhandled messages
+    sessions: int  # sessions open now
+    invalid_messages: int  # inbound messages that could not be decoded or routed
+    errors: int  # errors reported to on_error
+
+
+class Client(Endpoint):
+    """A WebSocket client: requests, channels and sessions over one resilient connection.
+
+    Make it with :func:`connect` (or ``Client(url, ...)``) and use it as an
+    async context manager; leaving the context (or :meth:`aclose`) flushes
+    the queue, closes the connection and fails whatever still waits.
+
+    Args:
+        url: a ``ws://`` or ``wss://`` URL, or an async callable returning a
+            connected :class:`~wsclient.Transport` (tests use a
+            :class:`~wsclient.testing.MemoryTransport`).
+        dialect: the shape of the server's messages (default
+            :class:`~wsclient.DefaultDialect`).
+        codec: how messages are serialised (default :class:`~wsclient.JsonCodec`).
+        backoff: delays between reconnection attempts (default ``Backoff()``).
+        reconnect: False never reconnects: the client closes when the
+            connection drops.
+        heartbeat: how dead connections are detected (default ``Heartbeat()``);
+            None disables it. ``Heartbeat(app_level=True)`` sends the dialect's ping.
+        queue: bounds and overflow policy of the outbound queue.
+        request_timeout: seconds a request waits for its reply (default 10,
+            as in the seeds); also bounds re-authentication and
+            :meth:`Subscription.confirmed <wsclient.Subscription.confirmed>`.
+        in_flight: ``"fail"`` (default) or ``"resend"``: requests in flight
+            when the connection drops (overridable per request).
+        headers: extra handshake headers (or a callable returning them, called
+            before every attempt: a refreshed token).
+        subprotocols: subprotocols to offer.
+        ssl: TLS context for ``wss://``.
+        max_size: largest inbound message in bytes (default 1 MiB; None: no limit).
+        compression: ``"deflate"`` (default) or None.
+        open_timeout: seconds to open a connection.
+        close_timeout: seconds :meth:`aclose` may spend flushing and closing.
+        retry_first_connect: retry the first connection too, instead of
+            raising its error from ``async with``.
+        should_retry: overrides the retry decision (see ReconnectingTransport).
+        subscriber_buffer: each subscriber's buffer and its overflow policy.
+        message_buffer: the buffer of unhandled messages, the client's and
+            each session's.
+        hook_timeout: seconds the reconnect steps (re-authenticate,
+            resubscribe, resend) may take together.
+        name: how logs and ``repr`` name the client (default: the URL without secrets).
+    """
+
+    def __init__(
+        self,
+        url: str | Callable[[], Awaitable[Transport]],
+        *,
+        dialect: Dialect | None = None,
+        codec: Codec | None = None,
+        backoff: Backoff | None = None,
+        reconnect: bool = True,
+        heartbeat: Heartbeat | None = Heartbeat(),  # noqa: B008 - frozen, so sharing is safe
+        queue: QueuePolicy = QueuePolicy(),  # noqa: B008
+        request_timeout: float = 10.0,
+        in_flight: InFlight = "fail",
+        headers: HeadersLike | Callable[[], Any] | None = None,
+        subprotocols: list[str] | None = None,
+        ssl: Any = None,
+        max_size: int | None = 2**20,
+        compression: Literal["deflate"] | None = "deflate",
+        open_timeout: float | None = 10.0,
+        close_timeout: float = 10.0,
+        retry_first_connect: bool = False,
+        should_retry: ShouldRetry | None = None,
+        subscriber_buffer: BufferPolicy = BufferPolicy(),  # noqa: B008
+        message_buffer: BufferPolicy = BufferPolicy(),  # noqa: B008
+        hook_timeout: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        if not reconnect and backoff is not None:
+            raise ValueError("backoff= makes no sense with reconnect=False")
+        if not (is_finite_number(request_timeout) or request_timeout == math.inf) or not (
+            request_timeout > 0
+        ):
+            raise ValueError(f"request_timeout must be a positive number, got {request_timeout!r}")
+        if in_flight not in IN_FLIGHT_POLICIES:
+            raise ValueError(f"in_flight must be one of {IN_FLIGHT_POLICIES}, got {in_flight!r}")
+        self.dialect: Dialect = dialect if dialect is not None else DefaultDialect()
+        self.codec: Codec = codec if codec is not None else JsonCodec()
+        if not isinstance(self.dialect, Dialect):
+            raise TypeError(f"dialect must be a wsclient.Dialect, not {type(dialect).__name__}")
+        if not isinstance(self.codec, Codec):
+            raise TypeError(f"codec must be a wsclient.Codec, not {type(codec).__name__}")
+        app_ping = None
+        if heartbeat is not None and heartbeat.app_level:
+            ping = self.dialect.ping()
+            if ping is None:
+                raise ValueError(
+                    "Heartbeat(app_level=True) needs a dialect with a ping;"
+                    f" {self.dialect!r} has none"
+                )
+            app_ping = self._encode(ping)
+
+        factory: Callable[[], Awaitable[Transport]]
+        if isinstance(url, str):
+            _parse_url(url)  # an invalid URL fails here, not on the first attempt
+            factory = WebSocketFactory(
+                url,
+                headers=headers,
+                subprotocols=subprotocols,
+                ssl=ssl,
+                max_size=max_size,
+                compression=compression,
+                open_timeout=open_timeout,
+                close_timeout=close_timeout,
+            )
+            display = redact_url(url)
+        elif callable(url):
+            factory = url
+            display = name or "client"
+        else:
+            raise TypeError(f"url must be a str or a transport factory, not {type(url).__name__}")
+        self._name = name or display
+        self._request_timeout = float(request_timeout)
+        self._in_flight: InFlight = in_flight
+        self._client = self
+        self._origin = None
+        self._messages: InboundBuffer[Any] = InboundBuffer(message_buffer, name=self._name)
+        self._correlator = Correlator(name=self._name)
+        self._channels = ChannelRegistry(self, policy=subscriber_buffer, name=self._name)
+        self._mux = Mux(self, message_buffer)
+        self._rt = ReconnectingTransport(
+            factory,
+            backoff=(backoff or Backoff()) if reconnect else None,
+            should_retry=should_retry,
+            heartbeat=heartbeat,
+            app_ping=app_ping,
+            queue=queue,
+            retry_first_connect=retry_first_connect,
+            message_handler=self._on_raw,
+            hook_timeout=hook_timeout,
+            close_timeout=close_timeout,
+            name=self._name,
+        )
+        self._rt.on_connect(self._on_connect)
+        self._rt.on_state_change(self._on_state_change)
+        self._connection: Transport | None = None  # served now: hooks running, or open
+        self._credentials: Any = None
+        self._authenticated = False
+        self._state_callbacks: list[StateCallback] = []
+        self._error_callbacks: list[ErrorCallback] = []
+        self._message_callbacks: list[MessageCallback] = []
+        self._invalid = 0
+        self._errors = 0
+
+    # Life cycle
+
+    async def __aenter__(self) -> Client:
+        await self._rt.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._rt.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Flush the queue, close the connection, fail what still waits. Idempotent."""
+        await self._rt.aclose(code, reason)
+
+    # Observing
+
+    @property
+    def name(self) -> str:
+        """How logs and ``repr`` name this client (its URL, without secrets)."""
+        return self._name
+
+    @property
+    def transport(self) -> ReconnectingTransport:
+        """The reconnecting transport underneath (for its statistics and hooks)."""
+        return self._rt
+
+    @property
+    def request_timeout(self) -> float:
+        """The default seconds a request waits for its reply."""
+        return self._request_timeout
+
+    @property
+    def confirms_subscriptions(self) -> bool:
+        return self.dialect.confirms_subscriptions
+
+    def on_state(self, callback: StateCallback) -> StateCallback:
+        """Call ``callback(change)`` on every connection state change (a decorator too)."""
+        self._state_callbacks.append(callback)
+        return callback
+
+    def on_error(self, callback: ErrorCallback) -> ErrorCallback:
+        """Call ``callback(error)`` for what goes wrong without failing a call.
+
+        Malformed or unroutable inbound messages (:class:`~wsclient.ProtocolError`),
+        the server's system errors and refused subscriptions
+        (:class:`~wsclient.RemoteError`), and exceptions of callbacks.
+        """
+        self._error_callbacks.append(callback)
+        return callback
+
+    def on_message(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(message)`` with every decoded inbound message, before routing."""
+        self._message_callbacks.append(callback)
+        return callback
+
+    def remove_callback(self, callback: Callable[..., None]) -> None:
+        """Stop calling ``callback`` for any event; no error if it was not registered."""
+        for callbacks in (self._state_callbacks, self._error_callbacks, self._message_callbacks):
+            while callback in callbacks:
+                callbacks.remove(callback)
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of every layer's counters."""
+        return ClientStatistics(
+            state=self._rt.state,
+            connection=self._rt.statistics(),
+            requests=self._correlator.statistics(),
+            channels=self._channels.statistics(),
+            messages=self._messages.statistics(),
+            sessions=len(self._mux),
+            invalid_messages=self._invalid,
+            errors=self._errors,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Client {self._name} {self._rt.state.name} pending={len(self._correlator)}"
+            f" channels={self._channels.statistics().channels} sessions={len(self._mux)}>"
+        )
+
+    # The API only a client has
+
+    async def authenticate(
+        self,
+        credentials: Any,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a high-level convenience
+    ) -> Any:
+        """Authenticate the connection; returns the reply's payload.
+
+        Once accepted, the credentials are sent again after every reconnect,
+        before anything else, and the connection opens only when the server
+        accepts them. If it then refuses, the client gives up
+        (:class:`~wsclient.ReconnectFailed` caused by the
+        :class:`~wsclient.RemoteError`). Credentials never appear in logs or reprs.
+        """
+        kind, payload = self.dialect.authenticate(credentials)
+        result = await self._request(kind, payload, timeout, "fail", None)
+        self._credentials = credentials
+        self._authenticated = True
+        return result
+
+    def session(self, session_id: str | None = None) -> Session:
+        """A new :class:`~wsclient.Session` on this client's connection (id: a fresh UUID)."""
+        if self._rt.state is ConnectionState.CLOSED:
+            raise self._closed_reason()
+        return self._mux.new(session_id)
+
+    async def ping(self) -> float:
+        """Ping the server (protocol level) and return the round trip in seconds."""
+        return await self._rt.ping()
+
+    # Sending: frames go through the codec, then the reconnecting transport.
+
+    def _encode(self, frame: Any) -> str | bytes:
+        return self.codec.encode(frame)
+
+    async def _send_frame(self, frame: Any) -> bool:
+        return await self._rt.send(self._encode(frame), text=self.codec.text)
+
+    async def _send_frame_quietly(self, frame: Any) -> None:
+        try:
+            await self._send_frame(frame)
+        except WSClientError as exc:
+            logger.debug("%s: could not send %s: %s", self._name, type(frame).__name__, exc)
+
+    async def submit_frame(
+        self, frame: Any, on_accepted: Callable[[int], None] | None = None
+    ) -> int | None:
+        return await self._rt.submit(
+            self._encode(frame), text=self.codec.text, on_accepted=on_accepted
+        )
+
+    def send_frame_nowait(self, frame: Any) -> None:
+        self._rt.send_nowait(self._encode(frame), text=self.codec.text)
+
+    def subscribe_frame(self, channel: str) -> Any:
+        return self.dialect.subscribe(channel)
+
+    def unsubscribe_frame(self, channel: str) -> Any:
+        return self.dialect.unsubscribe(channel)
+
+    def connection(self) -> Transport | None:
+        return self._connection
+
+    def left_queue(self, number: int) -> bool:
+        return self._rt.left_queue(number)
+
+    async def _request(
+        self,
+        kind: str,
+        payload: Any,
+        timeout: float | None,  # noqa: ASYNC109 - request(timeout=) passes through
+        in_flight: InFlight | None,
+        origin: Any,
+    ) -> Any:
+        limit = self._request_timeout if timeout is None else _check_timeout(timeout)
+        policy = self._in_flight if in_flight is None else in_flight
+        if policy not in IN_FLIGHT_POLICIES:
+            raise ValueError(f"in_flight must be one of {IN_FLIGHT_POLICIES}, got {policy!r}")
+        if self._rt.state is ConnectionState.CLOSED:
+            raise self._closed_reason()
+        correlator = self._correlator
+        waiter = correlator.open(origin=origin, policy=policy)
+        try:
+            data = self._encode(self.dialect.request(waiter.id, kind, payload, origin=origin))
+            if policy == "resend":
+                waiter.payload = data
+
+            def numbered(number: int) -> None:
+                waiter.number = number
+
+            started = anyio.current_time()
+            with anyio.move_on_after(limit):
+                number = await self._rt.submit(data, text=self.codec.text, on_accepted=numbered)
+                if number is None:
+                    raise QueueFull(f"the outbound queue dropped request {waiter.id} (drop_newest)")
+                left = limit - (anyio.current_time() - started)
+                return await correlator.wait(waiter, max(left, 0.0))
+            return await correlator.wait(waiter, 0.0)  # out of time while queueing
+        finally:
+            correlator.discard(waiter)
+
+    # The reconnect hook: re-authenticate, resubscribe, resend; then the queue flushes.
+
+    async def _on_connect(self, transport: Transport) -> None:
+        self._connection = transport
+
+        async def send(frame: Any) -> None:
+            await transport.send(self._encode(frame), text=self.codec.text)
+
+        if self._authenticated:
+            kind, payload = self.dialect.authenticate(self._credentials)
+            waiter = self._correlator.open(policy="fail")
+            try:
+                waiter.transport = transport
+                await send(self.dialect.request(waiter.id, kind, payload))
+                await self._correlator.wait(waiter, self._request_timeout)
+            finally:
+                self._correlator.discard(waiter)
+        await self._channels.resubscribe(transport, send)
+        for waiter in self._correlator.to_resend():
+            waiter.transport = transport
+            await transport.send(waiter.payload, text=self.codec.text)  # type: ignore[arg-type]
+
+    def _on_state_change(self, change: StateChange) -> None:
+        if change.state in (ConnectionState.RECONNECTING, ConnectionState.CLOSED):
+            self._connection = None
+            self._correlator.connection_lost(change.error, self._rt.left_queue)
+            self._channels.connection_lost()
+        if change.state is ConnectionState.CLOSED:
+            self._closed(change.error)
+        for callback in list(self._state_callbacks):
+            try:
+                callback(change)
+            except Exception:
+                logger.exception("%s: state callback raised", self._name)
+        self._mux.state_changed(change)
+        if change.state is ConnectionState.CLOSED:
+            self._mux.close(change.error)
+
+    def _closed(self, failure: BaseException | None) -> None:
+        """Nothing waits past CLOSED: requests fail, subscriptions and streams end."""
+        lost = ConnectionLost(f"{self._name} closed with the request pending")
+        lost.__cause__ = failure
+        self._correlator.close(lost)
+        self._channels.close(failure)
+        self._messages.close(failure)
+
+    def _closed_reason(self) -> BaseException:
+        return self._rt._closed_reason()
+
+    # Inbound: in the reader task, never blocking.
+
+    def _on_raw(self, raw: str | bytes) -> None:
+        try:
+            message = self.codec.decode(raw)
+        except Exception as exc:
+            error = exc if isinstance(exc, ProtocolError) else ProtocolError(f"undecodable: {exc}")
+            self._invalid += 1
+            self._report(error)
+            self._mux.route(raw, None, self._messages)
+            return
+        for callback in self._message_callbacks:
+            try:
+                callback(message)
+            except Exception:
+                logger.exception("%s: on_message callback raised", self._name)
+        try:
+            inbound = self.dialect.route(message)
+        except Exception as exc:  # a custom dialect's bug must not kill the reader
+            logger.exception("%s: %r.route() raised", self._name, self.dialect)
+            self._invalid += 1
+            self._report(ProtocolError(f"the dialect could not route a message: {exc!r}"))
+            self._mux.route(message, None, self._messages)
+            return
+        self._dispatch(inbound)
+
+    def _dispatch(self, inbound: Inbound) -> None:
+        route = inbound.route
+        if route is Route.REPLY:
+            if self._correlator.resolve(inbound):
+                return
+            self._report(
+                ProtocolError(f"a reply to no pending request (id {_short(inbound.request_id)})")
+            )
+        elif route is Route.DELIVERY:
+            assert inbound.channel is not None
+            if self._channels.deliver(inbound.channel, inbound.result):
+                return
+        elif route is Route.CONFIRM:
+            assert inbound.channel is not None
+            self._channels.confirm(inbound.channel, inbound.error)
+            return
+        elif route is Route.HEARTBEAT or route is Route.ACK:
+            return
+        elif route is Route.BATCH:
+            for item in inbound.items:
+                self._dispatch(item)
+            return
+        elif route is Route.SYSTEM:
+            if inbound.error is not None:
+                self._report(inbound.error)
+        elif route is Route.INVALID:
+            self._invalid += 1
+            self._report(ProtocolError(f"malformed message: {inbound.problem}"))
+        self._mux.route(inbound.message, inbound.origin, self._messages)
+
+    def report(self, error: BaseException) -> None:
+        """Hand ``error`` to the ``on_error`` callbacks (the channel registry's way in)."""
+        self._report(error)
+
+    def _report(self, error: BaseException) -> None:
+        self._errors += 1
+        logger.debug("%s: %s", self._name, error)
+        for callback in list(self._error_callbacks):
+            try:
+                callback(error)
+            except Exception:
+                logger.exception("%s: on_error callback raised", self._name)
+
+
+def connect(url: str | Callable[[], Awaitable[Transport]], **options: Any) -> Client:
+    """A :class:`Client` for ``url``, to use as ``async with wsclient.connect(url) as client``.
+
+    Options are keyword-only and documented on :class:`Client`. The
+    connection opens on entering the context; an invalid URL or option
+    raises here.
+    """
+    return Client(url, **options)
+
+
+def _check_timeout(timeout: float) -> float:
+    if not (is_finite_number(timeout) or timeout == math.inf) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

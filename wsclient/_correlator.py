@@ -1,0 +1,270 @@
+"""The correlator: matches replies to requests by id.
+
+Each request gets a :class:`Waiter` keyed by a fresh integer id. The reader
+resolves it with the reply (or the server's error, raised as
+:class:`~wsclient.RemoteError`); the asking task waits with a timeout (a
+cancel scope, :class:`~wsclient.RequestTimeout`). Whatever ends the wait
+(reply, timeout, cancellation, close) removes the waiter, so none outlives
+its request or the client.
+
+When a connection drops, the requests *in flight* on it (handed to it, as
+opposed to still queued) follow their policy (:data:`InFlight`): ``fail``
+raises :class:`~wsclient.ConnectionLost` at once; ``resend`` sends them again
+on the next connection, for idempotent requests only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import anyio
+
+from ._dialect import Inbound
+from ._exceptions import ConnectionLost, RequestTimeout
+
+__all__ = ["InFlight", "RequestStatistics"]
+
+#: What happens to a request in flight when its connection drops.
+InFlight = Literal["fail", "resend"]
+IN_FLIGHT_POLICIES: tuple[str, ...] = get_args(InFlight)
+
+
+@dataclass(frozen=True)
+class RequestStatistics:
+    """Counters of the requests of one client."""
+
+    pending: int  # waiting for a reply now
+    sent: int  # requests made
+    replies: int  # answered with a result
+    remote_errors: int  # answered with an error
+    timeouts: int  # no reply in time
+    cancelled: int  # the caller stopped waiting
+    lost: int  # failed with ConnectionLost
+    resent: int  # sent again after a reconnect
+    unknown_replies: int  # replies to no pending request (late, or not ours)
+
+
+class Waiter:
+    """One pending request: its id, where it was sent, and its outcome."""
+
+    __slots__ = (
+        "_event",
+        "done",
+        "error",
+        "id",
+        "number",
+        "origin",
+        "payload",
+        "policy",
+        "resend",
+        "result",
+        "transport",
+    )
+
+    def __init__(self, request_id: int, *, origin: Any, policy: InFlight, payload: Any) -> None:
+        self.id = request_id
+        self.origin = origin
+        self.policy = policy
+        # The encoded request, kept only when it may have to be sent again.
+        self.payload = payload if policy == "resend" else None
+        self.number: int | None = None  # its number in the outbound queue (left_queue)
+        self.transport: object | None = None  # the connection it was written to directly
+        self.resend = False  # to be sent again on the next connection
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._event: anyio.Event | None = None
+
+    def set_result(self, result: Any) -> None:
+        if not self.done:
+            self.done = True
+            self.result = result
+            self._wake()
+
+    def set_error(self, error: BaseException) -> None:
+        if not self.done:
+            self.done = True
+            self.error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> Any:
+        """The result, or raise the error; waits until :attr:`done`."""
+        if not self.done:
+            self._event = anyio.Event()
+            await self._event.wait()
+        if self.error is not None:
+            raise self.error.with_traceback(None)
+        return self.result
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else "resend" if self.resend else "pending"
+        return f"<Waiter id={self.id} {state} policy={self.policy}>"
+
+
+class Correlator:
+    """The table of pending requests of one client (and its sessions)."""
+
+    def __init__(self, *, name: str = "client") -> None:
+        self._name = name
+        self._waiters: dict[int, Waiter] = {}
+        self._ids = itertools.count(1)
+        self._closed: BaseException | None = None
+        self._sent = 0
+        self._replies = 0
+        self._remote_errors = 0
+        self._timeouts = 0
+        self._cancelled = 0
+        self._lost = 0
+        self._resent = 0
+        self._unknown = 0
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    def new_id(self) -> int:
+        """A fresh id for a message that expects no reply (an event)."""
+        return next(self._ids)
+
+    def pending_for(self, origin: Any) -> int:
+        """How many requests of session ``origin`` wait for a reply."""
+        return sum(1 for waiter in self._waiters.values() if waiter.origin == origin)
+
+    def open(self, *, origin: Any = None, policy: InFlight = "fail", payload: Any = None) -> Waiter:
+        """Register a new request and return its waiter (with its fresh :attr:`Waiter.id`)."""
+        if self._closed is not None:
+            raise self._closed.with_traceback(None)
+        waiter = Waiter(next(self._ids), origin=origin, policy=policy, payload=payload)
+        self._waiters[waiter.id] = waiter
+        self._sent += 1
+        return waiter
+
+    def discard(self, waiter: Waiter) -> None:
+        """Forget ``waiter``, whose request could not be sent (counted as cancelled)."""
+        if self._waiters.pop(waiter.id, None) is not None and not waiter.done:
+            self._cancelled += 1
+            waiter.done = True
+
+    async def wait(self, waiter: Waiter, within: float) -> Any:
+        """Wait for ``waiter``'s reply for at most ``within`` seconds, then forget it.
+
+        Raises :class:`~wsclient.RequestTimeout`, the server's
+        :class:`~wsclient.RemoteError`, or :class:`~wsclient.ConnectionLost`.
+        Cancelling the wait removes the waiter.
+        """
+        timed_out = False
+        try:
+            with anyio.move_on_after(within):
+                return await waiter.wait()
+            if waiter.done:  # the reply came in the same instant as the deadline
+                return await waiter.wait()
+            timed_out = True
+            self._timeouts += 1
+            raise RequestTimeout(
+                f"{self._name}: no reply to request {waiter.id} within {within:g}s"
+            ) from None
+        finally:
+            if self._waiters.pop(waiter.id, None) is not None and not waiter.done:
+                # A reply that comes later finds no waiter: counted as unknown.
+                waiter.done = True
+                if not timed_out:
+                    self._cancelled += 1
+
+    def resolve(self, inbound: Inbound) -> bool:
+        """Hand a REPLY to its waiter; False (and counted) if no request waits for it."""
+        waiter = self._waiters.pop(_as_id(inbound.request_id), None)
+        if waiter is None or waiter.done:
+            self._unknown += 1
+            return False
+        if inbound.error is not None:
+            self._remote_errors += 1
+            waiter.set_error(inbound.error)
+        else:
+            self._replies += 1
+            waiter.set_result(inbound.result)
+        return True
+
+    def connection_lost(
+        self, error: BaseException | None, left_queue: Callable[[int], bool]
+    ) -> None:
+        """The connection dropped: requests in flight on it fail, or wait to be resent.
+
+        ``left_queue(number)`` tells whether a queued request was handed to
+        the connection; those still queued go out on the next one anyway.
+        """
+        for waiter in list(self._waiters.values()):
+            if waiter.done or not _in_flight(waiter, left_queue):
+                continue
+            waiter.number = None
+            waiter.transport = None
+            if waiter.policy == "resend":
+                waiter.resend = True
+                continue
+            self._lost += 1
+            lost = ConnectionLost(
+                f"{self._name}: the connection dropped while request {waiter.id} was in flight"
+            )
+            lost.__cause__ = error
+            waiter.set_error(lost)
+
+    def to_resend(self) -> Iterator[Waiter]:
+        """The waiters to send again on the new connection, oldest first; each counted once."""
+        for waiter in list(self._waiters.values()):
+            if waiter.resend and not waiter.done:
+                waiter.resend = False
+                self._resent += 1
+                yield waiter
+
+    def fail(self, error: BaseException, *, origin: Any = None, everyone: bool = False) -> None:
+        """Fail the pending requests of session ``origin`` (or of everyone) with ``error``."""
+        for waiter in list(self._waiters.values()):
+            if everyone or waiter.origin == origin:
+                del self._waiters[waiter.id]
+                waiter.set_error(error)
+
+    def close(self, error: BaseException) -> None:
+        """Fail every pending request with ``error``; later requests raise it too."""
+        if self._closed is None:
+            self._closed = error
+        pending = len(self._waiters)
+        self.fail(error, everyone=True)
+        self._lost += pending if isinstance(error, ConnectionLost) else 0
+
+    def statistics(self) -> RequestStatistics:
+        return RequestStatistics(
+            pending=len(self._waiters),
+            sent=self._sent,
+            replies=self._replies,
+            remote_errors=self._remote_errors,
+            timeouts=self._timeouts,
+            cancelled=self._cancelled,
+            lost=self._lost,
+            resent=self._resent,
+            unknown_replies=self._unknown,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Correlator {self._name} pending={len(self._waiters)} sent={self._sent}>"
+
+
+def _in_flight(waiter: Waiter, left_queue: Callable[[int], bool]) -> bool:
+    if waiter.transport is not None:
+        return True
+    return waiter.number is not None and left_queue(waiter.number)
+
+
+def _as_id(value: Any) -> Any:
+    """Our ids are ints; some servers echo them back as strings or floats."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.isdigit() and value.isascii():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
