@@ -391,13 +391,12 @@ class Client(Endpoint):
                 waiter.number = number
 
             started = anyio.current_time()
-            with anyio.move_on_after(limit):
+            with anyio.move_on_after(limit):  # waiting for room in the queue counts too
                 number = await self._rt.submit(data, text=self.codec.text, on_accepted=numbered)
                 if number is None:
                     raise QueueFull(f"the outbound queue dropped request {waiter.id} (drop_newest)")
-                left = limit - (anyio.current_time() - started)
-                return await correlator.wait(waiter, max(left, 0.0))
-            return await correlator.wait(waiter, 0.0)  # out of time while queueing
+            left = limit - (anyio.current_time() - started)
+            return await correlator.wait(waiter, max(left, 0.0))
         finally:
             correlator.discard(waiter)
 

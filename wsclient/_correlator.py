@@ -149,7 +149,7 @@ class Correlator:
         """Forget ``waiter``, whose request could not be sent (counted as cancelled)."""
         if self._waiters.pop(waiter.id, None) is not None and not waiter.done:
             self._cancelled += 1
-            waiter.done = True
+            waiter.set_error(RequestTimeout(f"request {waiter.id} was not sent"))
 
     async def wait(self, waiter: Waiter, within: float) -> Any:
         """Wait for ``waiter``'s reply for at most ``within`` seconds, then forget it.
@@ -172,9 +172,9 @@ class Correlator:
         finally:
             if self._waiters.pop(waiter.id, None) is not None and not waiter.done:
                 # A reply that comes later finds no waiter: counted as unknown.
-                waiter.done = True
                 if not timed_out:
                     self._cancelled += 1
+                waiter.set_error(RequestTimeout(f"request {waiter.id} stopped waiting"))
 
     def resolve(self, inbound: Inbound) -> bool:
         """Hand a REPLY to its waiter; False (and counted) if no request waits for it."""

@@ -29,12 +29,16 @@ class Endpoint:
     _origin: Any
     _messages: InboundBuffer[Any]
 
+    def _check_usable(self) -> None:
+        """Raise if this endpoint may not send any more (a closed session)."""
+
     async def send(self, message: Any) -> bool:
         """Encode ``message`` with the codec and send it, or queue it while offline.
 
         Returns False if the queue's ``drop_newest`` policy dropped it.
         A session's message is marked with its id (the dialect's ``address``).
         """
+        self._check_usable()
         if self._origin is not None:
             message = self._client.dialect.address(message, self._origin)
         return await self._client._send_frame(message)
@@ -67,6 +71,7 @@ class Endpoint:
             ConnectionLost: the connection dropped with the request in flight.
             QueueFull: the outbound queue refused or dropped the request.
         """
+        self._check_usable()
         return await self._client._request(type, payload, timeout, in_flight, self._origin)
 
     async def query(
@@ -78,6 +83,7 @@ class Endpoint:
         in_flight: InFlight | None = None,
     ) -> Any:
         """Ask for ``resource``; returns the reply's payload (see :meth:`request`)."""
+        self._check_usable()
         kind, payload = self._client.dialect.query(resource, parameters)
         return await self._client._request(kind, payload, timeout, in_flight, self._origin)
 
@@ -94,11 +100,13 @@ class Endpoint:
         Commands are rarely idempotent: leave ``in_flight`` at ``"fail"``
         unless the server deduplicates them.
         """
+        self._check_usable()
         kind, payload = self._client.dialect.command(action, parameters)
         return await self._client._request(kind, payload, timeout, in_flight, self._origin)
 
     async def publish_event(self, event: str, data: Any = None) -> bool:
         """Send a fire-and-forget event; no reply is expected. False if the queue dropped it."""
+        self._check_usable()
         client = self._client
         frame = client.dialect.event(client._correlator.new_id(), event, data, origin=self._origin)
         return await client._send_frame(frame)
@@ -117,12 +125,14 @@ class Endpoint:
         it with ``await client.subscribe(...)``. ``buffer`` overrides the
         client's ``subscriber_buffer`` policy for this subscriber.
         """
+        self._check_usable()
         return self._client._channels.subscription(
             channel, callback=callback, buffer=buffer, origin=self._origin
         )
 
     async def publish(self, channel: str, data: Any) -> bool:
         """Publish ``data`` on ``channel``; False if the queue dropped it."""
+        self._check_usable()
         return await self._client._send_frame(self._client.dialect.publish(channel, data))
 
     @property

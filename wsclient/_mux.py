@@ -70,6 +70,10 @@ class Session(Endpoint):
     def closed(self) -> bool:
         return self._closed
 
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise InvalidState(f"session {self.id} is closed")
+
     def on_state(self, callback: StateCallback) -> StateCallback:
         """Call ``callback(change)`` on every state change of the shared connection.
 
