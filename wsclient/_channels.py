@@ -290,8 +290,9 @@ class ChannelRegistry:
     def connection_lost(self) -> None:
         """The connection dropped: every channel needs subscribing (and confirming) again."""
         for channel in self._channels.values():
+            # The number stays: a subscribe still queued goes out on the next
+            # connection, and an unsubscribe must then follow it.
             channel.sent_on = None
-            channel.number = None
             if channel.state is SubscriptionState.SUBSCRIBED:
                 channel.set_state(SubscriptionState.SUBSCRIBING)
 
@@ -418,7 +419,10 @@ class Subscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with anyio.CancelScope(shield=True):
+        # Shielded, so the unsubscribe goes out even when the body was
+        # cancelled; bounded, since a full "block" queue could wait forever.
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + self._registry._host.request_timeout
             await self.aclose()
 
     async def aclose(self) -> None:

@@ -423,11 +423,12 @@ class Client(Endpoint):
             await transport.send(waiter.payload, text=self.codec.text)  # type: ignore[arg-type]
 
     def _on_state_change(self, change: StateChange) -> None:
-        if change.state in (ConnectionState.RECONNECTING, ConnectionState.CLOSED):
+        if change.state is ConnectionState.RECONNECTING:
             self._connection = None
             self._correlator.connection_lost(change.error, self._rt.left_queue)
             self._channels.connection_lost()
-        if change.state is ConnectionState.CLOSED:
+        elif change.state is ConnectionState.CLOSED:
+            self._connection = None
             self._closed(change.error)
         for callback in list(self._state_callbacks):
             try:
@@ -445,9 +446,6 @@ class Client(Endpoint):
         self._correlator.close(lost)
         self._channels.close(failure)
         self._messages.close(failure)
-
-    def _closed_reason(self) -> BaseException:
-        return self._rt._closed_reason()
 
     # Inbound: in the reader task, never blocking.
 
@@ -492,6 +490,8 @@ class Client(Endpoint):
             self._channels.confirm(inbound.channel, inbound.error)
             return
         elif route is Route.HEARTBEAT or route is Route.ACK:
+            if inbound.error is not None:  # a refused unsubscribe, a ping the server rejects
+                self._report(inbound.error)
             return
         elif route is Route.BATCH:
             for item in inbound.items:

@@ -207,6 +207,7 @@ class Correlator:
                 waiter.resend = True
                 continue
             self._lost += 1
+            del self._waiters[waiter.id]
             lost = ConnectionLost(
                 f"{self._name}: the connection dropped while request {waiter.id} was in flight"
             )
@@ -232,7 +233,7 @@ class Correlator:
         """Fail every pending request with ``error``; later requests raise it too."""
         if self._closed is None:
             self._closed = error
-        pending = len(self._waiters)
+        pending = sum(1 for waiter in self._waiters.values() if not waiter.done)
         self.fail(error, everyone=True)
         self._lost += pending if isinstance(error, ConnectionLost) else 0
 

@@ -9,7 +9,7 @@ looks at one message and says where it goes, as an :class:`Inbound`:
 REPLY      the answer to a request: ``request_id``, then ``result`` or ``error``
 DELIVERY   a message on a channel: ``channel`` and ``result`` (its data)
 CONFIRM    the server confirmed (or, with ``error``, refused) a subscription
-ACK        an acknowledgement nothing waits for (an unsubscribe's reply): dropped
+ACK        an acknowledgement nothing waits for (an unsubscribe's reply)
 HEARTBEAT  the answer to the application-level ping
 SYSTEM     a notice from the server, not tied to a request (``error`` if an error)
 OTHER      anything else: the application's own messages
@@ -61,8 +61,9 @@ class Inbound:
         result: REPLY: the reply's payload; DELIVERY: the channel's data;
             SYSTEM: the notice's data.
         error: REPLY: the server's error, raised to the caller; CONFIRM: the
-            subscription was refused; SYSTEM: an error notice.
-        channel: DELIVERY and CONFIRM: the channel's name.
+            subscription was refused; SYSTEM: an error notice; ACK and
+            HEARTBEAT: what the server objected to (reported, not raised).
+        channel: DELIVERY, CONFIRM and ACK: the channel's name.
         origin: the session it is addressed to; None for every session.
         items: BATCH: the messages it holds, each routed.
         problem: INVALID: what is wrong with it.
@@ -91,7 +92,9 @@ class Dialect(ABC):
     """
 
     #: Whether the server confirms subscriptions (CONFIRM). If not, a
-    #: subscription counts as confirmed once its message is sent.
+    #: subscription counts as confirmed once its message is sent. Request
+    #: ids the client makes are ints from 1 up; a dialect may use other ids
+    #: (strings, say) for its own messages without colliding.
     confirms_subscriptions: bool = True
 
     @abstractmethod

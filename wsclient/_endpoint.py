@@ -152,7 +152,10 @@ class Endpoint:
         try:
             return await self._messages.get()
         except anyio.EndOfStream:
-            raise self._client._closed_reason() from None
+            raise self._closed_reason() from None
+
+    def _closed_reason(self) -> BaseException:
+        return self._client._rt._closed_reason()
 
     def __aiter__(self) -> Endpoint:
         return self

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ._buffer import BufferPolicy, BufferStatistics, InboundBuffer
 from ._endpoint import Endpoint
 from ._exceptions import InvalidState
-from ._reconnect import StateChange
+from ._reconnect import ConnectionState, StateChange
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -72,7 +72,12 @@ class Session(Endpoint):
 
     def _check_usable(self) -> None:
         if self._closed:
-            raise InvalidState(f"session {self.id} is closed")
+            raise self._closed_reason()
+
+    def _closed_reason(self) -> BaseException:
+        if self._client.state is ConnectionState.CLOSED:
+            return super()._closed_reason()
+        return InvalidState(f"session {self.id} is closed")
 
     def on_state(self, callback: StateCallback) -> StateCallback:
         """Call ``callback(change)`` on every state change of the shared connection.
