@@ -577,3 +577,99 @@ async def test_secrets_stay_out_of_reprs_and_errors() -> None:
         assert "hunter2" not in str(error)
         assert "hunter2" not in repr(client)
         assert "hunter2" not in repr(client.statistics())
+
+
+async def test_unsubscribe_follows_a_subscribe_still_queued_from_a_lost_connection() -> None:
+    """A subscribe stuck in the queue when the link dropped is cancelled by an unsubscribe."""
+    server = Server()
+    async with make_client(server) as client:
+        server.end.break_link()
+        await client.wait_state(C.RECONNECTING)
+        for n in range(3):
+            await client.send({"n": n})
+        await server.wait_for_connection(2)
+        await client.wait_state(C.OPEN)
+        async with client.subscribe("prices"):
+            # Behind the backlog, which the flusher has not written yet.
+            assert client.statistics().connection.queue.messages == 4
+            server.end.break_link()
+            await client.wait_state(C.RECONNECTING)
+        end = await server.wait_for_connection(3)
+        sent = [await read(end) for _ in range(5)]
+        assert sent == [
+            {"n": 0},
+            {"n": 1},
+            {"n": 2},
+            {"action": "subscribe", "channel": "prices"},
+            {"action": "unsubscribe", "channel": "prices"},
+        ]
+        await client.send({"marker": 1})
+        assert await read(end) == {"marker": 1}  # and no subscribe from the hook
+
+
+# JSON-RPC 2.0 through the whole client
+
+
+async def test_json_rpc_requests_batches_and_channels() -> None:
+    """With JsonRpcDialect: method calls, error objects, a batch reply, and channel traffic."""
+    server = Server()
+    client = make_client(server, dialect=wsclient.JsonRpcDialect())
+    async with client, anyio.create_task_group() as group:
+        one, two, bad = Outcome(), Outcome(), Outcome()
+        group.start_soon(one.run, client.query("sum", [1, 2]))
+        first = await read(server.end)
+        group.start_soon(two.run, client.command("sum", [3, 4]))
+        second = await read(server.end)
+        group.start_soon(bad.run, client.request("explode"))
+        third = await read(server.end)
+        assert first == {"jsonrpc": "2.0", "id": first["id"], "method": "sum", "params": [1, 2]}
+        assert third == {"jsonrpc": "2.0", "id": third["id"], "method": "explode"}
+        batch = [
+            {"jsonrpc": "2.0", "id": second["id"], "result": 7},
+            {"jsonrpc": "2.0", "id": first["id"], "result": 3},
+            {"jsonrpc": "2.0", "id": third["id"], "error": {"code": -32601, "message": "no"}},
+        ]
+        await server.end.send(orjson.dumps(batch).decode())
+        assert ((await one.wait()).result, (await two.wait()).result) == (3, 7)
+        error = (await bad.wait()).error
+        assert isinstance(error, RemoteError)
+        assert (str(error), error.code) == ("no", -32601)
+
+        async with client.subscribe("ticks") as sub:
+            request = await read(server.end)
+            assert request["method"] == "subscribe"
+            assert request["params"] == {"channel": "ticks"}
+            reply_to = {"jsonrpc": "2.0", "id": request["id"], "result": True}
+            await server.end.send(orjson.dumps(reply_to).decode())
+            await sub.confirmed()
+            tick = {
+                "jsonrpc": "2.0",
+                "method": "message",
+                "params": {"channel": "ticks", "data": 1},
+            }
+            await server.end.send(orjson.dumps(tick).decode())
+            with anyio.fail_after(1):
+                assert await sub.receive() == 1
+        unsubscribe = await read(server.end)
+        assert unsubscribe["method"] == "unsubscribe"
+        assert client.statistics().requests.pending == 0
+
+
+async def test_json_rpc_refused_subscription_fails_the_subscribers() -> None:
+    """A JSON-RPC error reply to a subscribe fails its subscribers with the RemoteError."""
+    server = Server()
+    errors: list[BaseException] = []
+    client = make_client(server, dialect=wsclient.JsonRpcDialect())
+    async with client, client.subscribe("secret") as sub:
+        client.on_error(errors.append)
+        request = await read(server.end)
+        refusal = {"code": 403, "message": "forbidden"}
+        await server.end.send(
+            orjson.dumps({"jsonrpc": "2.0", "id": request["id"], "error": refusal}).decode()
+        )
+        with pytest.raises(RemoteError, match="forbidden"):
+            await sub.confirmed()
+        assert sub.state is S.FAILED
+        assert [str(e) for e in errors] == ["forbidden"]
+        with pytest.raises(RemoteError):
+            await sub.receive()
