@@ -26,16 +26,39 @@ def test_package_exports_every_public_name_of_its_private_modules() -> None:
     """Nothing a private module lists as public is missing from wsclient.__all__."""
     from wsclient import (
         _backoff,
+        _buffer,
+        _channels,
+        _client,
         _codec,
+        _correlator,
+        _dialect,
         _exceptions,
         _heartbeat,
+        _jsonrpc,
+        _mux,
         _outbound,
         _reconnect,
         _transport,
     )
 
     exported = set(wsclient.__all__)
-    for module in (_backoff, _codec, _exceptions, _heartbeat, _outbound, _reconnect, _transport):
+    modules = (
+        _backoff,
+        _buffer,
+        _channels,
+        _client,
+        _codec,
+        _correlator,
+        _dialect,
+        _exceptions,
+        _heartbeat,
+        _jsonrpc,
+        _mux,
+        _outbound,
+        _reconnect,
+        _transport,
+    )
+    for module in modules:
         missing = set(module.__all__) - exported
         assert not missing, f"{module.__name__} exports {missing} but wsclient does not"
 
@@ -46,3 +69,39 @@ def test_exception_tree_is_rooted_at_wsclienterror() -> None:
         value = getattr(wsclient, name)
         if inspect.isclass(value) and issubclass(value, BaseException):
             assert issubclass(value, wsclient.WSClientError), name
+
+
+def test_the_messaging_surface_lives_in_wsclient_itself() -> None:
+    """The names users reach for are exported from wsclient, with the exception tree."""
+    required = {
+        "connect",
+        "Client",
+        "Session",
+        "Subscription",
+        "SubscriptionState",
+        "Backoff",
+        "Heartbeat",
+        "QueuePolicy",
+        "BufferPolicy",
+        "ConnectionState",
+        "Dialect",
+        "DefaultDialect",
+        "JsonRpcDialect",
+        "Codec",
+        "JsonCodec",
+        "Transport",
+        "WebSocketTransport",
+        "connect_transport",
+        "WSClientError",
+        "ConnectionLost",
+        "RequestTimeout",
+        "RemoteError",
+        "QueueFull",
+        "InvalidState",
+        "ProtocolError",
+        "HeartbeatTimeout",
+        "ReconnectFailed",
+    }
+    assert required <= set(wsclient.__all__), required - set(wsclient.__all__)
+    assert issubclass(wsclient.RequestTimeout, TimeoutError)
+    assert wsclient.connect is wsclient._client.connect
