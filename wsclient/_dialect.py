@@ -237,9 +237,15 @@ def _invalid(message: Any, problem: str, origin: Any = None) -> Inbound:
 
 def _text(value: Any, limit: int = 500) -> str:
     """An error message from the wire, cut to ``limit`` characters."""
-    if value is None:
+    if value is None or value == "":
         return "the server sent an error without a message"
-    text = value if isinstance(value, str) else _bounded_repr.repr(value)
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = _bounded_repr.repr(value)
+        except Exception:  # an int too long to print, a hostile object
+            text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
