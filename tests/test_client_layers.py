@@ -581,7 +581,7 @@ async def test_secrets_stay_out_of_reprs_and_errors() -> None:
 
 async def test_unsubscribe_follows_a_subscribe_still_queued_from_a_lost_connection() -> None:
     """A subscribe stuck in the queue when the link dropped is cancelled by an unsubscribe."""
-    server = Server()
+    server = Server(max_queue=1)  # the server's end reads nothing: the second write blocks
     async with make_client(server) as client:
         server.end.break_link()
         await client.wait_state(C.RECONNECTING)
@@ -589,16 +589,15 @@ async def test_unsubscribe_follows_a_subscribe_still_queued_from_a_lost_connecti
             await client.send({"n": n})
         await server.wait_for_connection(2)
         await client.wait_state(C.OPEN)
+        await anyio.sleep(1)  # the flusher wrote {"n": 0} and is stuck writing {"n": 1}
         async with client.subscribe("prices"):
-            # Behind the backlog, which the flusher has not written yet.
-            assert client.statistics().connection.queue.messages == 4
+            # Behind {"n": 2}, in the queue.
+            assert client.statistics().connection.queue.messages == 2
             server.end.break_link()
             await client.wait_state(C.RECONNECTING)
         end = await server.wait_for_connection(3)
-        sent = [await read(end) for _ in range(5)]
+        sent = [await read(end) for _ in range(3)]
         assert sent == [
-            {"n": 0},
-            {"n": 1},
             {"n": 2},
             {"action": "subscribe", "channel": "prices"},
             {"action": "unsubscribe", "channel": "prices"},
@@ -673,3 +672,37 @@ async def test_json_rpc_refused_subscription_fails_the_subscribers() -> None:
         assert [str(e) for e in errors] == ["forbidden"]
         with pytest.raises(RemoteError):
             await sub.receive()
+
+
+async def test_requests_dropped_from_the_queue_fail_at_once() -> None:
+    """A queued request evicted by drop_oldest, or expired by ttl, raises QueueFull: no timeout."""
+    server = Server()
+    queue = QueuePolicy(max_messages=2, overflow="drop_oldest", ttl=5)
+    async with make_client(server, queue=queue) as client, anyio.create_task_group() as group:
+        server.end.break_link()
+        await client.wait_state(C.RECONNECTING)
+        server.failures.extend(ConnectionError("refused") for _ in range(10))
+        evicted, expired = Outcome(), Outcome()
+        group.start_soon(evicted.run, client.query("first"))
+        await anyio.sleep(0.1)  # the query is queued
+        assert client.statistics().connection.queue.messages == 1
+        await client.send({"n": 1})
+        await client.send({"n": 2})  # evicts the query
+        assert isinstance((await evicted.wait()).error, QueueFull), evicted.error
+        assert evicted.at == pytest.approx(0.1)
+        group.start_soon(expired.run, client.query("second", timeout=60))
+        await anyio.sleep(6)
+        # Expiry is noticed when the queue is next used: here, by a send.
+        await client.send({"n": 3})
+        await expired.wait()
+        assert isinstance(expired.error, QueueFull)
+        assert expired.at == pytest.approx(6.1)
+        assert "ttl" in str(expired.error)
+        stats = client.statistics().requests
+        assert (stats.dropped, stats.lost, stats.pending) == (2, 0, 0)
+
+
+async def test_transport_options_with_a_factory_are_refused() -> None:
+    """headers=, subprotocols= or ssl= next to a transport factory is a mistake, said at once."""
+    with pytest.raises(ValueError, match="headers given with a transport factory"):
+        Client(Server(), headers={"Authorization": "Bearer x"})

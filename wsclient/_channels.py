@@ -70,26 +70,26 @@ class ChannelHost(Protocol):
     def request_timeout(self) -> float: ...
 
     @property
-    def confirms_subscriptions(self) -> bool: ...
+    def _confirms_subscriptions(self) -> bool: ...
 
-    def connection(self) -> object | None:
+    def _current_connection(self) -> object | None:
         """The connection being served (hooks running or open), if any."""
 
-    def left_queue(self, number: int) -> bool: ...
+    def _left_queue(self, number: int) -> bool: ...
 
-    async def submit_frame(
+    async def _submit_frame(
         self, frame: Any, on_accepted: Callable[[int], None] | None = None
     ) -> int | None:
         """Encode and send (or queue) a framed message; its number, None if dropped."""
 
-    def send_frame_nowait(self, frame: Any) -> None:
+    def _send_frame_nowait(self, frame: Any) -> None:
         """Encode and queue a framed message without waiting."""
 
-    def subscribe_frame(self, channel: str) -> Any: ...
+    def _subscribe_frame(self, channel: str) -> Any: ...
 
-    def unsubscribe_frame(self, channel: str) -> Any: ...
+    def _unsubscribe_frame(self, channel: str) -> Any: ...
 
-    def report(self, error: BaseException) -> None:
+    def _report(self, error: BaseException) -> None:
         """Hand an error to the client's error event."""
 
 
@@ -156,7 +156,7 @@ class ChannelRegistry:
         channel = self._channels[sub.channel] = _Channel(sub.channel)
         channel.subscribers.append(sub)
         sub._channel = channel
-        connection = self._host.connection()
+        connection = self._host._current_connection()
         if connection is None:
             return  # the on_connect hook subscribes it
         channel.sent_on = connection
@@ -165,14 +165,14 @@ class ChannelRegistry:
             channel.number = number
 
         try:
-            await self._host.submit_frame(self._host.subscribe_frame(sub.channel), numbered)
+            await self._host._submit_frame(self._host._subscribe_frame(sub.channel), numbered)
         except BaseException:
             self._release(sub)
             raise
         self._sent(channel)
 
     def _sent(self, channel: _Channel) -> None:
-        if not self._host.confirms_subscriptions and channel.state is not SubscriptionState.FAILED:
+        if not self._host._confirms_subscriptions and channel.state is not SubscriptionState.FAILED:
             channel.set_state(SubscriptionState.SUBSCRIBED)
 
     def _release(self, sub: Subscription) -> Any:
@@ -188,23 +188,23 @@ class ChannelRegistry:
         del self._channels[channel.name]
         channel.set_state(SubscriptionState.UNSUBSCRIBED)
         if self._reaches_server(channel):
-            return self._host.unsubscribe_frame(channel.name)
+            return self._host._unsubscribe_frame(channel.name)
         return None
 
     def _reaches_server(self, channel: _Channel) -> bool:
         """Whether the server has, or will get, this channel's subscribe."""
         if channel.state is SubscriptionState.FAILED:
             return False
-        current = self._host.connection()
+        current = self._host._current_connection()
         if current is not None and channel.sent_on is current:
             return True
-        return channel.number is not None and not self._host.left_queue(channel.number)
+        return channel.number is not None and not self._host._left_queue(channel.number)
 
     async def _close(self, sub: Subscription) -> None:
         frame = self._release(sub)
         if frame is not None and self._closed is None:
             try:
-                await self._host.submit_frame(frame)
+                await self._host._submit_frame(frame)
             except (WSClientError, TypeError) as exc:
                 # The subscription is gone locally either way; stray deliveries
                 # that follow go to the client's unhandled messages.
@@ -219,7 +219,7 @@ class ChannelRegistry:
         sub._end(sub._buffer.error, state=SubscriptionState.FAILED)
         if frame is not None:
             try:
-                self._host.send_frame_nowait(frame)
+                self._host._send_frame_nowait(frame)
             except (WSClientError, TypeError) as exc:
                 logger.warning(
                     "%s: could not unsubscribe from %r: %s", self._name, sub.channel, exc
@@ -263,7 +263,7 @@ class ChannelRegistry:
             except Exception as exc:
                 self._callback_errors += 1
                 logger.exception("%s: callback of a subscription to %r raised", self._name, channel)
-                self._host.report(exc)
+                self._host._report(exc)
         return True
 
     def confirm(self, channel_name: str, error: RemoteError | None = None) -> bool:
@@ -282,8 +282,25 @@ class ChannelRegistry:
             sub._end(error, state=SubscriptionState.FAILED)
             sub._channel = None
         channel.subscribers.clear()
-        self._host.report(error)
+        self._host._report(error)
         return True
+
+    def dropped(self, number: int) -> None:
+        """The outbound queue dropped message ``number``: a channel's subscribe, maybe.
+
+        The channel then waits for the next connection's hook to subscribe it.
+        """
+        for channel in self._channels.values():
+            if channel.number == number:
+                channel.number = None
+                channel.sent_on = None
+                logger.warning(
+                    "%s: the outbound queue dropped the subscribe to %r; it is sent again"
+                    " after the next reconnect",
+                    self._name,
+                    channel.name,
+                )
+                return
 
     # The connection's life
 
@@ -314,13 +331,13 @@ class ChannelRegistry:
                 if channel.state is not SubscriptionState.SUBSCRIBING:
                     channel.set_state(SubscriptionState.SUBSCRIBING)
                 self._resubscribes += 1
-                await send(self._host.subscribe_frame(channel.name))
+                await send(self._host._subscribe_frame(channel.name))
                 self._sent(channel)
 
     def close(self, error: BaseException | None) -> None:
         """The client closed: end every subscription (with ``error`` if it failed)."""
         if self._closed is None:
-            self._closed = InvalidState(f"{self._name} is closed")
+            self._closed = error or InvalidState(f"{self._name} is closed")
         for channel in list(self._channels.values()):
             for sub in channel.subscribers:
                 sub._end(error)
@@ -474,6 +491,8 @@ class Subscription:
         buffer = self._buffer
         if buffer is None:
             raise InvalidState(f"deliveries on {self.channel!r} go to the callback")
+        if not self._opened:
+            raise InvalidState(f"open the subscription to {self.channel!r} first (async with)")
         try:
             return await buffer.get()
         except anyio.EndOfStream:

@@ -64,6 +64,7 @@ class ClientStatistics:
     channels: ChannelStatistics  # subscriptions by state, deliveries, drops
     messages: BufferStatistics  # the client's own unhandled messages
     sessions: int  # sessions open now
+    unknown_origin: int  # messages addressed (``from``) to no open session: given to the client
     invalid_messages: int  # inbound messages that could not be decoded or routed
     errors: int  # errors reported to on_error
 
@@ -78,7 +79,8 @@ class Client(Endpoint):
     Args:
         url: a ``ws://`` or ``wss://`` URL, or an async callable returning a
             connected :class:`~wsclient.Transport` (tests use a
-            :class:`~wsclient.testing.MemoryTransport`).
+            :class:`~wsclient.testing.MemoryTransport`); the transport options
+            below (``headers`` to ``open_timeout``) then belong to the callable.
         dialect: the shape of the server's messages (default
             :class:`~wsclient.DefaultDialect`).
         codec: how messages are serialised (default :class:`~wsclient.JsonCodec`).
@@ -177,6 +179,16 @@ class Client(Endpoint):
             )
             display = redact_url(url)
         elif callable(url):
+            given = [
+                k
+                for k, v in (("headers", headers), ("subprotocols", subprotocols), ("ssl", ssl))
+                if v is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} given with a transport factory: the factory opens"
+                    " the connection, so set them there"
+                )
             factory = url
             display = name or "client"
         else:
@@ -204,6 +216,7 @@ class Client(Endpoint):
             name=self._name,
         )
         self._rt.on_connect(self._on_connect)
+        self._rt.on_drop(self._on_drop)
         self._rt.on_state_change(self._on_state_change)
         self._connection: Transport | None = None  # served now: hooks running, or open
         self._credentials: Any = None
@@ -249,10 +262,6 @@ class Client(Endpoint):
         """The default seconds a request waits for its reply."""
         return self._request_timeout
 
-    @property
-    def confirms_subscriptions(self) -> bool:
-        return self.dialect.confirms_subscriptions
-
     def on_state(self, callback: StateCallback) -> StateCallback:
         """Call ``callback(change)`` on every connection state change (a decorator too)."""
         self._state_callbacks.append(callback)
@@ -263,7 +272,9 @@ class Client(Endpoint):
 
         Malformed or unroutable inbound messages (:class:`~wsclient.ProtocolError`),
         the server's system errors and refused subscriptions
-        (:class:`~wsclient.RemoteError`), and exceptions of callbacks.
+        (:class:`~wsclient.RemoteError`), and exceptions raised by
+        subscription callbacks. (Exceptions of the event callbacks themselves
+        are only logged.)
         """
         self._error_callbacks.append(callback)
         return callback
@@ -288,6 +299,7 @@ class Client(Endpoint):
             channels=self._channels.statistics(),
             messages=self._messages.statistics(),
             sessions=len(self._mux),
+            unknown_origin=self._mux.unknown_origin,
             invalid_messages=self._invalid,
             errors=self._errors,
         )
@@ -344,27 +356,33 @@ class Client(Endpoint):
         except WSClientError as exc:
             logger.debug("%s: could not send %s: %s", self._name, type(frame).__name__, exc)
 
-    async def submit_frame(
+    # What the channel registry needs (ChannelHost).
+
+    async def _submit_frame(
         self, frame: Any, on_accepted: Callable[[int], None] | None = None
     ) -> int | None:
         return await self._rt.submit(
             self._encode(frame), text=self.codec.text, on_accepted=on_accepted
         )
 
-    def send_frame_nowait(self, frame: Any) -> None:
+    def _send_frame_nowait(self, frame: Any) -> None:
         self._rt.send_nowait(self._encode(frame), text=self.codec.text)
 
-    def subscribe_frame(self, channel: str) -> Any:
+    def _subscribe_frame(self, channel: str) -> Any:
         return self.dialect.subscribe(channel)
 
-    def unsubscribe_frame(self, channel: str) -> Any:
+    def _unsubscribe_frame(self, channel: str) -> Any:
         return self.dialect.unsubscribe(channel)
 
-    def connection(self) -> Transport | None:
+    def _current_connection(self) -> Transport | None:
         return self._connection
 
-    def left_queue(self, number: int) -> bool:
+    def _left_queue(self, number: int) -> bool:
         return self._rt.left_queue(number)
+
+    @property
+    def _confirms_subscriptions(self) -> bool:
+        return self.dialect.confirms_subscriptions
 
     async def _request(
         self,
@@ -396,7 +414,7 @@ class Client(Endpoint):
                 if number is None:
                     raise QueueFull(f"the outbound queue dropped request {waiter.id} (drop_newest)")
             left = limit - (anyio.current_time() - started)
-            return await correlator.wait(waiter, max(left, 0.0))
+            return await correlator.wait(waiter, max(left, 0.0), stated=limit)
         finally:
             correlator.discard(waiter)
 
@@ -421,6 +439,10 @@ class Client(Endpoint):
         for waiter in self._correlator.to_resend():
             waiter.transport = transport
             await transport.send(waiter.payload, text=self.codec.text)  # type: ignore[arg-type]
+
+    def _on_drop(self, number: int) -> None:
+        self._correlator.dropped(number)
+        self._channels.dropped(number)
 
     def _on_state_change(self, change: StateChange) -> None:
         if change.state is ConnectionState.RECONNECTING:
@@ -504,10 +526,6 @@ class Client(Endpoint):
             self._invalid += 1
             self._report(ProtocolError(f"malformed message: {inbound.problem}"))
         self._mux.route(inbound.message, inbound.origin, self._messages)
-
-    def report(self, error: BaseException) -> None:
-        """Hand ``error`` to the ``on_error`` callbacks (the channel registry's way in)."""
-        self._report(error)
 
     def _report(self, error: BaseException) -> None:
         self._errors += 1

@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args
 import anyio
 
 from ._dialect import Inbound
-from ._exceptions import ConnectionLost, RequestTimeout
+from ._exceptions import ConnectionLost, QueueFull, RequestTimeout
 
 __all__ = ["InFlight", "RequestStatistics"]
 
@@ -43,6 +43,7 @@ class RequestStatistics:
     timeouts: int  # no reply in time
     cancelled: int  # the caller stopped waiting
     lost: int  # failed with ConnectionLost
+    dropped: int  # dropped by the outbound queue (QueueFull) before they were sent
     resent: int  # sent again after a reconnect
     unknown_replies: int  # replies to no pending request (late, or not ours)
 
@@ -124,6 +125,7 @@ class Correlator:
         self._lost = 0
         self._resent = 0
         self._unknown = 0
+        self._dropped = 0
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -151,10 +153,11 @@ class Correlator:
             self._cancelled += 1
             waiter.set_error(RequestTimeout(f"request {waiter.id} was not sent"))
 
-    async def wait(self, waiter: Waiter, within: float) -> Any:
+    async def wait(self, waiter: Waiter, within: float, *, stated: float | None = None) -> Any:
         """Wait for ``waiter``'s reply for at most ``within`` seconds, then forget it.
 
-        Raises :class:`~wsclient.RequestTimeout`, the server's
+        Raises :class:`~wsclient.RequestTimeout` (naming ``stated`` seconds,
+        the caller's whole timeout, if given), the server's
         :class:`~wsclient.RemoteError`, or :class:`~wsclient.ConnectionLost`.
         Cancelling the wait removes the waiter.
         """
@@ -167,7 +170,8 @@ class Correlator:
             timed_out = True
             self._timeouts += 1
             raise RequestTimeout(
-                f"{self._name}: no reply to request {waiter.id} within {within:g}s"
+                f"{self._name}: no reply to request {waiter.id} within"
+                f" {within if stated is None else stated:g}s"
             ) from None
         finally:
             if self._waiters.pop(waiter.id, None) is not None and not waiter.done:
@@ -214,6 +218,20 @@ class Correlator:
             lost.__cause__ = error
             waiter.set_error(lost)
 
+    def dropped(self, number: int) -> None:
+        """The outbound queue dropped message ``number``: its request, if any, fails at once."""
+        for waiter in self._waiters.values():
+            if waiter.number == number and not waiter.done:
+                del self._waiters[waiter.id]
+                self._dropped += 1
+                waiter.set_error(
+                    QueueFull(
+                        f"{self._name}: the outbound queue dropped request {waiter.id}"
+                        " (its overflow policy or ttl)"
+                    )
+                )
+                return
+
     def to_resend(self) -> Iterator[Waiter]:
         """The waiters to send again on the new connection, oldest first; each counted once."""
         for waiter in list(self._waiters.values()):
@@ -223,10 +241,15 @@ class Correlator:
                 yield waiter
 
     def fail(self, error: BaseException, *, origin: Any = None, everyone: bool = False) -> None:
-        """Fail the pending requests of session ``origin`` (or of everyone) with ``error``."""
+        """Fail the pending requests of session ``origin`` (or of everyone) with ``error``.
+
+        Those of a session count as cancelled: their session gave up on them.
+        """
         for waiter in list(self._waiters.values()):
             if everyone or waiter.origin == origin:
                 del self._waiters[waiter.id]
+                if not everyone and not waiter.done:
+                    self._cancelled += 1
                 waiter.set_error(error)
 
     def close(self, error: BaseException) -> None:
@@ -246,6 +269,7 @@ class Correlator:
             timeouts=self._timeouts,
             cancelled=self._cancelled,
             lost=self._lost,
+            dropped=self._dropped,
             resent=self._resent,
             unknown_replies=self._unknown,
         )

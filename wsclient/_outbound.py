@@ -119,10 +119,17 @@ class OutboundQueue:
     """
 
     def __init__(
-        self, policy: QueuePolicy, *, clock: Callable[[], float] = anyio.current_time
+        self,
+        policy: QueuePolicy,
+        *,
+        clock: Callable[[], float] = anyio.current_time,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
         self._policy = policy
         self._clock = clock
+        # Called before the head message is dropped (drop_oldest, ttl), so
+        # the owner can tell which message it was.
+        self._on_drop = on_drop
         # (data, text, deadline); deadline is 0.0 and unused without ttl.
         self._messages: deque[tuple[bytes, bool, float]] = deque()
         self._nbytes = 0
@@ -345,6 +352,8 @@ class OutboundQueue:
         # Terminates: size <= max_bytes and max_messages >= 1, so an empty queue fits.
         messages = self._messages
         while not self._fits(size):
+            if self._on_drop is not None:
+                self._on_drop()
             data, _, _ = messages.popleft()
             self._nbytes -= len(data)
             self._dropped_oldest += 1
@@ -359,6 +368,8 @@ class OutboundQueue:
         # Deadlines grow from head to tail, so expired messages are all at the head.
         # A message's time is up once it has waited ttl seconds.
         while messages and messages[0][2] <= now:
+            if self._on_drop is not None:
+                self._on_drop()
             data, _, _ = messages.popleft()
             self._nbytes -= len(data)
             expired += 1

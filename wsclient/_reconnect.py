@@ -273,7 +273,8 @@ class ReconnectingTransport:
         self._should_retry = should_retry
         self._heartbeat = heartbeat
         self._app_ping = app_ping
-        self._queue = OutboundQueue(queue)
+        self._queue = OutboundQueue(queue, on_drop=self._dropping)
+        self._drop_callbacks: list[Callable[[int], None]] = []
         self._retry_first_connect = retry_first_connect
         self._message_handler = message_handler
         self._hook_timeout = hook_timeout
@@ -349,6 +350,25 @@ class ReconnectingTransport:
         """
         self._hooks.append(hook)
         return hook
+
+    def on_drop(self, callback: Callable[[int], None]) -> Callable[[int], None]:
+        """Call ``callback(number)`` when the queue drops message ``number`` (from :meth:`submit`).
+
+        For ``drop_oldest`` and ``ttl``; a message refused outright is never
+        numbered, and messages discarded on close are not reported. It must
+        not block. Returns ``callback``, so it can be used as a decorator.
+        """
+        self._drop_callbacks.append(callback)
+        return callback
+
+    def _dropping(self) -> None:
+        # The queue is first in, first out: its head is the oldest message still in it.
+        number = self._accepted - len(self._queue) + 1
+        for callback in list(self._drop_callbacks):
+            try:
+                callback(number)
+            except Exception:
+                logger.exception("%s: drop callback raised", self._name)
 
     def on_state_change(self, callback: StateCallback) -> StateCallback:
         """Call ``callback(change)`` on every state change; it must not block.
