@@ -32,6 +32,7 @@ pytestmark = pytest.mark.anyio
 
 TIMEOUT = 10.0
 
+
 @pytest.fixture
 def node_installed() -> None:
     # A sync fixture: the skip happens before any event loop runs.
