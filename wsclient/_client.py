@@ -408,13 +408,15 @@ class Client(Endpoint):
             def numbered(number: int) -> None:
                 waiter.number = number
 
-            started = anyio.current_time()
-            with anyio.move_on_after(limit):  # waiting for room in the queue counts too
+            # One scope for the whole call: waiting for room in the queue counts too.
+            with anyio.move_on_after(limit):
                 number = await self._rt.submit(data, text=self.codec.text, on_accepted=numbered)
                 if number is None:
                     raise QueueFull(f"the outbound queue dropped request {waiter.id} (drop_newest)")
-            left = limit - (anyio.current_time() - started)
-            return await correlator.wait(waiter, max(left, 0.0), stated=limit)
+                return await waiter.wait()
+            if waiter.done:  # the reply came in the same instant as the deadline
+                return await waiter.wait()
+            raise correlator.timed_out(waiter, limit)
         finally:
             correlator.discard(waiter)
 

@@ -148,37 +148,38 @@ class Correlator:
         return waiter
 
     def discard(self, waiter: Waiter) -> None:
-        """Forget ``waiter``, whose request could not be sent (counted as cancelled)."""
+        """Forget ``waiter``; one still pending counts as cancelled (its caller gave up)."""
         if self._waiters.pop(waiter.id, None) is not None and not waiter.done:
             self._cancelled += 1
-            waiter.set_error(RequestTimeout(f"request {waiter.id} was not sent"))
+            waiter.set_error(RequestTimeout(f"request {waiter.id} was cancelled"))
 
-    async def wait(self, waiter: Waiter, within: float, *, stated: float | None = None) -> Any:
-        """Wait for ``waiter``'s reply for at most ``within`` seconds, then forget it.
+    async def wait(self, waiter: Waiter, within: float) -> Any:
+        """Wait for ``waiter``'s outcome for at most ``within`` seconds, then forget it.
 
-        Raises :class:`~wsclient.RequestTimeout` (naming ``stated`` seconds,
-        the caller's whole timeout, if given), the server's
+        Raises :class:`~wsclient.RequestTimeout`, the server's
         :class:`~wsclient.RemoteError`, or :class:`~wsclient.ConnectionLost`.
         Cancelling the wait removes the waiter.
         """
-        timed_out = False
         try:
             with anyio.move_on_after(within):
                 return await waiter.wait()
             if waiter.done:  # the reply came in the same instant as the deadline
                 return await waiter.wait()
-            timed_out = True
-            self._timeouts += 1
-            raise RequestTimeout(
-                f"{self._name}: no reply to request {waiter.id} within"
-                f" {within if stated is None else stated:g}s"
-            ) from None
+            raise self.timed_out(waiter, within)
         finally:
-            if self._waiters.pop(waiter.id, None) is not None and not waiter.done:
-                # A reply that comes later finds no waiter: counted as unknown.
-                if not timed_out:
-                    self._cancelled += 1
-                waiter.set_error(RequestTimeout(f"request {waiter.id} stopped waiting"))
+            self.discard(waiter)
+
+    def timed_out(self, waiter: Waiter, seconds: float) -> RequestTimeout:
+        """``waiter``'s caller stopped waiting after ``seconds``: forget it, count it.
+
+        Returns the exception to raise. A reply that comes later finds no
+        waiter and is counted as unknown.
+        """
+        error = RequestTimeout(f"{self._name}: no reply to request {waiter.id} within {seconds:g}s")
+        if self._waiters.pop(waiter.id, None) is not None and not waiter.done:
+            self._timeouts += 1
+            waiter.set_error(error)
+        return error
 
     def resolve(self, inbound: Inbound) -> bool:
         """Hand a REPLY to its waiter; False (and counted) if no request waits for it."""

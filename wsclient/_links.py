@@ -323,6 +323,7 @@ class StreamLink(Link):
         self._reading = False
         self._writing = False
         self._written: anyio.Event | None = None  # set when the writer is done
+        self._full_writes = 0  # writer runs that wrote until everything queued was out
         self._data: deque[bytes] = deque()
         self._control: deque[bytes] = deque()
         self._changed = anyio.Event()
@@ -405,11 +406,16 @@ class StreamLink(Link):
             # The busy writer sends control frames first in its next batch.
             return
         # The writer writes everything queued, including frames other tasks
-        # queue meanwhile: they only wait for it to finish.
+        # queue meanwhile: they only wait for it to finish. Once one full run
+        # ended after we began to wait, our frames are out (or the link is
+        # lost): a newer writer busy with others' frames is no reason to wait.
+        seen = self._full_writes
         while self._writing:
             if self._written is None:
                 self._written = anyio.Event()
             await self._written.wait()
+            if self._full_writes != seen:
+                return
         if not self.backlogged:
             return
         self._writing = True
@@ -417,6 +423,8 @@ class StreamLink(Link):
             await self._write_all(control_only)
         finally:
             self._writing = False
+            if not control_only:
+                self._full_writes += 1
             if self._written is not None:
                 self._written.set()
                 self._written = None
