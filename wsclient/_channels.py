@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import anyio
 
 from ._buffer import BufferPolicy, InboundBuffer
-from ._exceptions import InvalidState, RemoteError, RequestTimeout, WSClientError
+from ._exceptions import InvalidState, QueueFull, RemoteError, RequestTimeout, WSClientError
 
 __all__ = ["ChannelStatistics", "Subscription", "SubscriptionState", "SubscriptionStatistics"]
 
@@ -135,13 +135,17 @@ class ChannelRegistry:
         callback: DeliveryCallback | None = None,
         buffer: BufferPolicy | None = None,
         origin: Any = None,
+        check: Callable[[], None] | None = None,
     ) -> Subscription:
-        """A subscription to ``channel``, opened by ``async with`` or ``await``."""
+        """A subscription to ``channel``, opened by ``async with`` or ``await``.
+
+        ``check()`` raises if its owner (a session) may no longer subscribe.
+        """
         if not isinstance(channel, str) or not channel:
             raise ValueError(f"a channel is a non-empty string, not {channel!r}")
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable")
-        return Subscription(self, channel, callback, buffer or self._policy, origin)
+        return Subscription(self, channel, callback, buffer or self._policy, origin, check)
 
     # Subscribers come and go
 
@@ -165,11 +169,39 @@ class ChannelRegistry:
             channel.number = number
 
         try:
-            await self._host._submit_frame(self._host._subscribe_frame(sub.channel), numbered)
+            number = await self._host._submit_frame(
+                self._host._subscribe_frame(sub.channel), numbered
+            )
         except BaseException:
             self._release(sub)
+            self._orphaned(channel)
             raise
+        if number is None:
+            self._release(sub)
+            self._orphaned(channel)
+            raise QueueFull(f"the outbound queue dropped the subscribe to {sub.channel!r}")
         self._sent(channel)
+
+    def _orphaned(self, channel: _Channel) -> None:
+        """The first subscriber's subscribe failed: others that joined meanwhile need one."""
+        if self._channels.get(channel.name) is not channel:
+            return  # nobody else holds it
+        channel.sent_on = None
+        channel.number = None
+        connection = self._host._current_connection()
+        if connection is None:
+            return  # the next connection's hook subscribes it
+        try:
+            self._host._send_frame_nowait(self._host._subscribe_frame(channel.name))
+        except WSClientError as exc:
+            logger.warning(
+                "%s: could not subscribe to %r: %s; the next reconnect will",
+                self._name,
+                channel.name,
+                exc,
+            )
+            return
+        channel.sent_on = connection
 
     def _sent(self, channel: _Channel) -> None:
         if not self._host._confirms_subscriptions and channel.state is not SubscriptionState.FAILED:
@@ -262,7 +294,9 @@ class ChannelRegistry:
                 callback(data)
             except Exception as exc:
                 self._callback_errors += 1
-                logger.exception("%s: callback of a subscription to %r raised", self._name, channel)
+                logger.exception(
+                    "%s: callback of a subscription to %r raised", self._name, channel_name
+                )
                 self._host._report(exc)
         return True
 
@@ -280,6 +314,7 @@ class ChannelRegistry:
         channel.set_state(SubscriptionState.FAILED)
         for sub in channel.subscribers:
             sub._end(error, state=SubscriptionState.FAILED)
+            self._dropped_closed += sub._dropped()
             sub._channel = None
         channel.subscribers.clear()
         self._host._report(error)
@@ -326,6 +361,10 @@ class ChannelRegistry:
             for channel in pending:
                 if self._channels.get(channel.name) is not channel:
                     continue  # closed meanwhile
+                if channel.number is not None and not self._host._left_queue(channel.number):
+                    # Its subscribe still waits in the queue, which flushes next.
+                    channel.sent_on = connection
+                    continue
                 channel.sent_on = connection
                 channel.number = None
                 if channel.state is not SubscriptionState.SUBSCRIBING:
@@ -388,8 +427,10 @@ class Subscription:
         callback: DeliveryCallback | None,
         policy: BufferPolicy,
         origin: Any,
+        check: Callable[[], None] | None = None,
     ) -> None:
         self._registry = registry
+        self._check = check
         self.channel = channel
         self.origin = origin
         self._callback = callback
@@ -418,8 +459,10 @@ class Subscription:
         return self._channel.state
 
     async def _start(self) -> Subscription:
-        if self._opened:
+        if self._opened or self._state is not None:
             raise InvalidState(f"the subscription to {self.channel!r} was already opened")
+        if self._check is not None:
+            self._check()
         self._opened = True
         await self._registry._open(self)
         return self
@@ -482,7 +525,8 @@ class Subscription:
         try:
             return await buffer.get()
         except anyio.EndOfStream:
-            raise self._closed_error() from None
+            pass
+        raise self._closed_error()  # outside the except: the error may be shared
 
     def __aiter__(self) -> Subscription:
         return self

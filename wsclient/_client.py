@@ -410,7 +410,11 @@ class Client(Endpoint):
 
             # One scope for the whole call: waiting for room in the queue counts too.
             with anyio.move_on_after(limit):
-                number = await self._rt.submit(data, text=self.codec.text, on_accepted=numbered)
+                with anyio.CancelScope() as waiter.scope:
+                    number = await self._rt.submit(data, text=self.codec.text, on_accepted=numbered)
+                waiter.scope = None
+                if waiter.done and waiter.error is not None and waiter.number is None:
+                    raise waiter.error.with_traceback(None)  # failed while waiting for room
                 if number is None:
                     raise QueueFull(f"the outbound queue dropped request {waiter.id} (drop_newest)")
                 return await waiter.wait()
@@ -519,7 +523,12 @@ class Client(Endpoint):
             return
         elif route is Route.BATCH:
             for item in inbound.items:
-                self._dispatch(item)
+                try:
+                    self._dispatch(item)
+                except Exception as exc:  # one bad item must not cost the others
+                    logger.exception("%s: dispatching a batch item failed", self._name)
+                    self._invalid += 1
+                    self._report(ProtocolError(f"a batch item could not be dispatched: {exc!r}"))
             return
         elif route is Route.SYSTEM:
             if inbound.error is not None:

@@ -62,6 +62,7 @@ class Waiter:
         "policy",
         "resend",
         "result",
+        "scope",
         "transport",
     )
 
@@ -74,6 +75,9 @@ class Waiter:
         self.number: int | None = None  # its number in the outbound queue (left_queue)
         self.transport: object | None = None  # the connection it was written to directly
         self.resend = False  # to be sent again on the next connection
+        # Set while the request waits for room in the queue: failing the
+        # request (its session closed, say) stops that wait too.
+        self.scope: anyio.CancelScope | None = None
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -89,6 +93,8 @@ class Waiter:
         if not self.done:
             self.done = True
             self.error = error
+            if self.scope is not None and self.number is None:
+                self.scope.cancel()  # not yet accepted: nothing half-written to cut
             self._wake()
 
     def _wake(self) -> None:
@@ -286,11 +292,19 @@ def _in_flight(waiter: Waiter, left_queue: Callable[[int], bool]) -> bool:
 
 
 def _as_id(value: Any) -> Any:
-    """Our ids are ints; some servers echo them back as strings or floats."""
+    """Our ids are ints; some servers echo them back as strings or floats.
+
+    Anything else (bools, lists, huge digit strings) matches nothing, and
+    never raises: the value comes from the wire.
+    """
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.isdigit() and value.isascii():
-        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        if value.isascii() and value.isdigit() and len(value) <= 20:
+            return int(value)
+        return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    return value
+    return None

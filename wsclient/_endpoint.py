@@ -127,7 +127,7 @@ class Endpoint:
         """
         self._check_usable()
         return self._client._channels.subscription(
-            channel, callback=callback, buffer=buffer, origin=self._origin
+            channel, callback=callback, buffer=buffer, origin=self._origin, check=self._check_usable
         )
 
     async def publish(self, channel: str, data: Any) -> bool:
@@ -152,7 +152,10 @@ class Endpoint:
         try:
             return await self._messages.get()
         except anyio.EndOfStream:
-            raise self._closed_reason() from None
+            pass
+        # Raised outside the except block: the reason may be an exception
+        # shared with other callers, whose cause must stay as it is.
+        raise self._closed_reason()
 
     def _closed_reason(self) -> BaseException:
         return self._client._rt._closed_reason()
