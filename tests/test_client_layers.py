@@ -706,3 +706,24 @@ async def test_transport_options_with_a_factory_are_refused() -> None:
     """headers=, subprotocols= or ssl= next to a transport factory is a mistake, said at once."""
     with pytest.raises(ValueError, match="headers given with a transport factory"):
         Client(Server(), headers={"Authorization": "Bearer x"})
+
+
+async def test_without_reconnect_a_drop_closes_the_client_and_fails_what_waits() -> None:
+    """reconnect=False: the first drop closes the client; what waits fails with the reason."""
+    server = Server()
+    client = make_client(server, backoff=None, reconnect=False)
+    async with client, anyio.create_task_group() as group:
+        outcome = Outcome()
+        group.start_soon(outcome.run, client.query("slow"))
+        sub = await client.subscribe("prices")
+        await read(server.end)
+        server.end.break_link()
+        await outcome.wait()
+        assert isinstance(outcome.error, ConnectionLost)
+        assert client.state is C.CLOSED
+        assert sub.state is S.FAILED  # ended by the failure, which iterating raises
+        with pytest.raises(wsclient.ConnectionClosedError):
+            await sub.receive()
+        with pytest.raises(wsclient.ConnectionClosedError):
+            await client.query("again")
+        assert len(server.ends) == 1
