@@ -517,13 +517,8 @@ class Subscription:
 
     async def receive(self) -> Any:
         """The next delivery's data; raises once the subscription ended and its buffer is read."""
-        buffer = self._buffer
-        if buffer is None:
-            raise InvalidState(f"deliveries on {self.channel!r} go to the callback")
-        if not self._opened:
-            raise InvalidState(f"open the subscription to {self.channel!r} first (async with)")
         try:
-            return await buffer.get()
+            return await self._readable().get()
         except anyio.EndOfStream:
             pass
         raise self._closed_error()  # outside the except: the error may be shared
@@ -532,15 +527,17 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Any:
-        buffer = self._buffer
-        if buffer is None:
+        try:
+            return await self._readable().get()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def _readable(self) -> InboundBuffer[Any]:
+        if self._buffer is None:
             raise InvalidState(f"deliveries on {self.channel!r} go to the callback")
         if not self._opened:
             raise InvalidState(f"open the subscription to {self.channel!r} first (async with)")
-        try:
-            return await buffer.get()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
+        return self._buffer
 
     def statistics(self) -> SubscriptionStatistics:
         buffer = self._buffer
