@@ -36,12 +36,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import json
-import math
-import os
-import platform
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -53,34 +48,46 @@ import tracemalloc
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
-from echo_process import preexec, stop_server
-from heartbeat_bench import (
+from common import (
+    WORKER_ERRORS,
     Closing,
-    count_tasks_asyncio,
-    count_tasks_trio,
+    Concurrently,
+    add_loop_option,
+    anyio_task_group,
+    asyncio_gather,
+    available_loops,
+    cell,
+    environment,
+    importable,
+    markdown_table,
+    percentile,
     pin_self,
     pinning,
+    positive,
+    put_median,
+    run_on,
+    run_worker,
     settle,
-    start_server,
+    task_counter,
     traced_bytes,
-    version,
-    wsclient_source,
+    trio_nursery,
+    worker_main,
+    write_json,
 )
+from common import measure_pipelined as pipelined
+from echo_process import on_server_cpu, preexec, start_server, stop_server
 
 HOST = "127.0.0.1"
-SERVER_CPU = 0
-LOOPS = ("asyncio", "uvloop", "trio")
 HUB_START_TIMEOUT = 15.0
 # Files tracemalloc's report names, per connection.
 TOP_FILES = 6
 
 RoundTrip = Callable[[], Awaitable[Any]]
-Task = Callable[[], Coroutine[Any, Any, None]]
-Concurrently = Callable[[Task, Task], Awaitable[None]]
 
 
 # The work: the same payload, framed for each client.
@@ -183,26 +190,9 @@ async def measure_pipelined(
     cfg: Config,
 ) -> tuple[float, float]:
     """One sender and one receiver, ``cfg.requests`` messages; seconds and CPU seconds."""
-    count = cfg.requests
-    last: list[Any] = [None]
-
-    async def sender() -> None:
-        for _ in range(count):
-            await send(message)
-
-    async def receiver() -> None:
-        reply = None
-        for _ in range(count):
-            reply = await receive()
-        last[0] = reply
-
-    cpu = time.process_time()
-    start = time.perf_counter()
-    await concurrently(sender, receiver)
-    elapsed = time.perf_counter() - start
-    cpu = time.process_time() - cpu
-    if not check(last[0]):
-        raise RuntimeError(f"unexpected last reply {last[0]!r}")
+    elapsed, cpu, last = await pipelined(send, receive, message, cfg.requests, concurrently)
+    if not check(last):
+        raise RuntimeError(f"unexpected last reply {last!r}")
     return elapsed, cpu
 
 
@@ -218,14 +208,6 @@ def echo_dialect() -> Any:
             return {"type": "response", "requestId": request_id, "payload": payload}
 
     return EchoDialect()
-
-
-async def anyio_task_group(a: Task, b: Task) -> None:
-    import anyio
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a)
-        tg.start_soon(b)
 
 
 async def client_on_echo(cfg: Config) -> Measurement:
@@ -311,14 +293,7 @@ async def transport_on_hub(cfg: Config) -> Measurement:
 def anyio_runner(
     session: Callable[[Config], Coroutine[Any, Any, Measurement]], loop: str
 ) -> Callable[[Config], Measurement]:
-    def run(cfg: Config) -> Measurement:
-        import anyio
-
-        backend = "trio" if loop == "trio" else "asyncio"
-        options = {"use_uvloop": True} if loop == "uvloop" else None
-        return anyio.run(session, cfg, backend=backend, backend_options=options)
-
-    return run
+    return partial(run_on, loop, session)
 
 
 # websockets' own clients on the echo server: the reference.
@@ -326,9 +301,6 @@ def anyio_runner(
 
 async def websockets_asyncio_session(cfg: Config) -> Measurement:
     from websockets.asyncio.client import connect
-
-    async def gather(a: Task, b: Task) -> None:
-        await asyncio.gather(a(), b())
 
     def check(reply: Any) -> bool:
         return bool(reply == cfg.text)
@@ -340,7 +312,7 @@ async def websockets_asyncio_session(cfg: Config) -> Measurement:
             return await ws.recv()
 
         latency = await measure_latency(roundtrip, check, cfg)
-        throughput = await measure_pipelined(ws.send, ws.recv, cfg.text, check, gather, cfg)
+        throughput = await measure_pipelined(ws.send, ws.recv, cfg.text, check, asyncio_gather, cfg)
     return Measurement(*latency, *throughput)
 
 
@@ -360,11 +332,6 @@ def run_websockets_trio(cfg: Config) -> Measurement:
     import trio
     from websockets.trio.client import connect
 
-    async def both(a: Task, b: Task) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(a)
-            nursery.start_soon(b)
-
     def check(reply: Any) -> bool:
         return bool(reply == cfg.text)
 
@@ -377,7 +344,9 @@ def run_websockets_trio(cfg: Config) -> Measurement:
                     return await ws.recv()
 
                 latency = await measure_latency(roundtrip, check, cfg)
-                throughput = await measure_pipelined(ws.send, ws.recv, cfg.text, check, both, cfg)
+                throughput = await measure_pipelined(
+                    ws.send, ws.recv, cfg.text, check, trio_nursery, cfg
+                )
         return Measurement(*latency, *throughput)
 
     return trio.run(session)
@@ -400,7 +369,7 @@ def runners(loops: Sequence[str], hub: bool) -> list[Runner]:
     for loop in loops:
         if loop != "trio":
             found.append(Runner("websockets", "echo", loop, run_websockets(loop)))
-        elif loop_available("websockets.trio.client"):
+        elif importable("websockets.trio.client"):
             found.append(Runner("websockets", "echo", loop, run_websockets_trio))
         found += [
             Runner("transport", "echo", loop, anyio_runner(transport_on_echo, loop)),
@@ -432,12 +401,6 @@ class Sample:
     per_s: float | None = None
     cpu_us_per_request: float | None = None
     error: str | None = None
-
-
-def percentile(ordered: Sequence[int], q: float) -> int:
-    """Nearest-rank percentile of already sorted data."""
-    index = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
-    return ordered[index]
 
 
 def run_one(runner: Runner, cfg: Config, rep: int) -> Sample:
@@ -495,10 +458,7 @@ def summarize(samples: list[Sample]) -> list[dict[str, Any]]:
             "errors": len(group) - len(good),
         }
         for field in FIELDS:
-            values = [getattr(s, field) for s in good]
-            if values:
-                row[field] = statistics.median(values)
-                row[f"{field}_spread"] = (max(values) - min(values)) / row[field]
+            put_median(row, field, [getattr(s, field) for s in good])
         for ratio, field, peer_name in RATIOS:
             if peer_name == name:
                 continue
@@ -511,11 +471,6 @@ def summarize(samples: list[Sample]) -> list[dict[str, Any]]:
                 row[ratio] = statistics.median(ratios)
         rows.append(row)
     return rows
-
-
-def cell(row: dict[str, Any], field: str, spec: str) -> str:
-    value = row.get(field)
-    return "" if value is None else format(value, spec)
 
 
 def latency_table(rows: list[dict[str, Any]]) -> str:
@@ -542,19 +497,7 @@ def throughput_table(rows: list[dict[str, Any]]) -> str:
 
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
-    lines = [
-        "| client | server | loop | " + " | ".join(c[0] for c in columns) + " | reps |",
-        "|---|---|---|" + "---:|" * (len(columns) + 1),
-    ]
-    for row in rows:
-        reps = f"{row['reps']}" + (f" ({row['errors']} failed)" if row["errors"] else "")
-        cells = [cell(row, field, spec) for _, field, spec in columns]
-        lines.append(
-            f"| {row['client']} | {row['server']} | {row['loop']} | "
-            + " | ".join(cells)
-            + f" | {reps} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(rows, ["client", "server", "loop"], columns, missing="")
 
 
 # Memory: idle connections in a worker subprocess, under tracemalloc.
@@ -571,7 +514,7 @@ async def hold_idle(args: argparse.Namespace) -> dict[str, Any]:
             return wsclient.connect(args.url)
         return wsclient.ReconnectingTransport(wsclient.WebSocketFactory(args.url))
 
-    count_tasks = count_tasks_trio if args.loop == "trio" else count_tasks_asyncio
+    count_tasks = task_counter(args.loop)
     n = args.clients
     errors: list[str] = []
     result: dict[str, Any] = {"kind": args.kind, "loop": args.loop, "clients": n}
@@ -604,49 +547,15 @@ async def hold_idle(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def run_worker(args: argparse.Namespace) -> int:
-    import anyio
-
-    if not args.no_pin:
-        pin_self()
-    backend = "trio" if args.loop == "trio" else "asyncio"
-    options = {"use_uvloop": True} if args.loop == "uvloop" else None
-    result = anyio.run(hold_idle, args, backend=backend, backend_options=options)
-    print(json.dumps(result), flush=True)
-    return 0
-
-
 def memory_sample(args: argparse.Namespace, kind: str, loop: str, url: str) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        "--kind",
-        kind,
-        "--loop",
-        loop,
-        "--url",
-        url,
-        "--clients",
-        str(args.clients),
-        "--timeout",
-        str(args.timeout),
-    ]
+    options: list[object] = ["--kind", kind, "--loop", loop, "--url", url]
+    options += ["--clients", args.clients, "--timeout", args.timeout]
     if args.no_pin:
-        command.append("--no-pin")
+        options.append("--no-pin")
     try:
-        completed = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            timeout=args.timeout + 30,
-            check=True,
-            preexec_fn=preexec(),
-        )
-        result: dict[str, Any] = json.loads(completed.stdout.decode().strip().splitlines()[-1])
-    except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+        return run_worker(__file__, options, timeout=args.timeout + 30)
+    except WORKER_ERRORS as exc:
         return {"kind": kind, "loop": loop, "error": repr(exc)}
-    return result
 
 
 def memory_table(samples: list[dict[str, Any]]) -> str:
@@ -675,10 +584,10 @@ def memory_table(samples: list[dict[str, Any]]) -> str:
             else ""
         )
         lines.append(
-            f"| {loop} | {cell(client, 'kib_per_connection', '.1f')} "
-            f"| {cell(transport, 'kib_per_connection', '.1f')} | {ratio} "
-            f"| {cell(client, 'tasks_per_connection', '.2f')} "
-            f"| {cell(transport, 'tasks_per_connection', '.2f')} | {min(reps)} |"
+            f"| {loop} | {cell(client, 'kib_per_connection', '.1f', '')} "
+            f"| {cell(transport, 'kib_per_connection', '.1f', '')} | {ratio} "
+            f"| {cell(client, 'tasks_per_connection', '.2f', '')} "
+            f"| {cell(transport, 'tasks_per_connection', '.2f', '')} | {min(reps)} |"
         )
     return "\n".join(lines)
 
@@ -694,7 +603,7 @@ def start_hub(pin: bool, log: Any) -> tuple[subprocess.Popen[bytes], int]:
     """
     command = [sys.executable, "-m", "wsclient", "serve", "--host", HOST, "--port", "0"]
     if pin:
-        command = [shutil.which("taskset") or "taskset", "-c", str(SERVER_CPU), *command]
+        command = on_server_cpu(command)
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=log, preexec_fn=preexec())
     deadline = time.monotonic() + HUB_START_TIMEOUT
     pattern = re.compile(r"serving on ws://\S+:(\d+)")
@@ -707,66 +616,39 @@ def start_hub(pin: bool, log: Any) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError(f"the Hub did not start: {Path(log.name).read_text()[-500:]!r}")
 
 
-def environment(pinned: str) -> dict[str, Any]:
-    return {
-        "wsclient_source": wsclient_source(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "pinning": pinned,
-        "versions": {
-            name: version(name)
-            for name in ("wsclient", "websockets", "anyio", "trio", "uvloop", "orjson")
-        },
-    }
-
-
-def loop_available(module: str) -> bool:
-    """Whether ``module`` (a loop's, or websockets' trio client) imports."""
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Round trips, concurrent throughput and memory of wsclient's Client."
     )
-    parser.add_argument("--repeat", type=positive, default=3, help="repetitions (default 3)")
+    parser.add_argument("--repeat", type=positive(int), default=3, help="repetitions (default 3)")
     parser.add_argument(
-        "--roundtrips", type=positive, default=10_000, help="timed round trips (default 10,000)"
+        "--roundtrips",
+        type=positive(int),
+        default=10_000,
+        help="timed round trips (default 10,000)",
     )
     parser.add_argument(
         "--warmup", type=int, default=1_000, help="untimed round trips first (default 1,000)"
     )
     parser.add_argument(
-        "--requests", type=positive, default=20_000, help="requests in the throughput test"
+        "--requests", type=positive(int), default=20_000, help="requests in the throughput test"
     )
     parser.add_argument(
-        "--tasks", type=positive, default=64, help="Client tasks in the throughput test (64)"
+        "--tasks", type=positive(int), default=64, help="Client tasks in the throughput test (64)"
     )
     parser.add_argument(
-        "--size", type=positive, default=100, help="bytes per request on the wire (default 100)"
+        "--size",
+        type=positive(int),
+        default=100,
+        help="bytes per request on the wire (default 100)",
     )
     parser.add_argument(
-        "--clients", type=positive, default=300, help="idle connections in the memory test (300)"
+        "--clients",
+        type=positive(int),
+        default=300,
+        help="idle connections in the memory test (300)",
     )
-    parser.add_argument(
-        "--loop",
-        choices=LOOPS,
-        action="append",
-        help="event loop; repeat the option for several (default: all three)",
-    )
+    add_loop_option(parser)
     parser.add_argument("--no-hub", action="store_true", help="skip the runs against the Hub")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory test")
     parser.add_argument(
@@ -814,11 +696,9 @@ def progress(sample: Sample) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        return run_worker(args)
+        return worker_main(args, hold_idle)
 
-    loops = [loop for loop in dict.fromkeys(args.loop or LOOPS) if loop_available(loop)]
-    for loop in set(args.loop or LOOPS) - set(loops):
-        print(f"# {loop} is not installed: skipped", file=sys.stderr)
+    loops = available_loops(args.loop)
     pin, pinned = pinning(not args.no_pin)
     args.no_pin = not pin  # workers pin themselves only when the servers are pinned too
     print(f"# {pinned}", file=sys.stderr)
@@ -916,8 +796,7 @@ def report(
             "samples": [dataclasses.asdict(sample) for sample in samples],
             "memory": memory,
         }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"# raw results written to {args.json}", file=sys.stderr)
+        write_json(args.json, document)
     failed = any(s.error for s in samples) or any("error" in m for m in memory)
     return 1 if failed else 0
 

@@ -7,6 +7,7 @@ Shared by the runners in this directory, which import it as a sibling module
 from __future__ import annotations
 
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 
 SERVER_SCRIPT = Path(__file__).with_name("echo_server.py")
 SERVER_START_TIMEOUT = 15.0
+# The CPU the servers are pinned to; the runners pin themselves to another.
+SERVER_CPU = 0
 
 
 def die_with_parent() -> None:
@@ -32,6 +35,32 @@ def die_with_parent() -> None:
 def preexec() -> Callable[[], None] | None:
     """The ``preexec_fn`` for child processes: :func:`die_with_parent` where it works."""
     return die_with_parent if sys.platform == "linux" else None
+
+
+def on_server_cpu(command: list[str]) -> list[str]:
+    """``command`` run by ``taskset``, pinned to :data:`SERVER_CPU`."""
+    return [shutil.which("taskset") or "taskset", "-c", str(SERVER_CPU), *command]
+
+
+def start_server(pin: bool, compression: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``echo_server.py`` on a port the OS chooses (on :data:`SERVER_CPU` if ``pin``).
+
+    Returns the process and its port; stops the process if it prints no port.
+    """
+    command = [sys.executable, str(SERVER_SCRIPT), "--port", "0"]
+    if compression:
+        command.append("--compression")
+    if pin:
+        command = on_server_cpu(command)
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=preexec()
+    )
+    try:
+        port = read_port(process)
+    except BaseException:
+        stop_server(process)
+        raise
+    return process, port
 
 
 def read_port(process: subprocess.Popen[bytes]) -> int:

@@ -23,30 +23,37 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
-import os
-import platform
 import resource
-import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import time
 import traceback
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from echo_process import SERVER_SCRIPT, preexec, read_port, stop_server
+from common import (
+    WORKER_ERRORS,
+    Closing,
+    add_loop_option,
+    available_loops,
+    environment,
+    markdown_table,
+    pinning,
+    positive,
+    put_median,
+    run_worker,
+    settle,
+    task_counter,
+    traced_bytes,
+    worker_main,
+    write_json,
+)
+from echo_process import start_server, stop_server
 
 HOST = "127.0.0.1"
-SERVER_CPU = 0
-CLIENT_CPU = 1
-LOOPS = ("asyncio", "uvloop", "trio")
 # Descriptors a process needs besides its sockets: stdio, the selector, the
 # loop's self-pipe, the interpreter's own files, with room to spare.
 SPARE_FILES = 64
@@ -77,28 +84,6 @@ class HandOver:
         if first is not None:
             return first
         return await self._then()
-
-
-def count_tasks_asyncio() -> int:
-    import asyncio
-
-    return len(asyncio.all_tasks())
-
-
-def count_tasks_trio() -> int:
-    """Every task in the run: from the root task down through each nursery."""
-    import trio
-
-    count = 0
-    pending = [trio.lowlevel.current_root_task()]
-    while pending:
-        task = pending.pop()
-        if task is None:
-            continue
-        count += 1
-        for nursery in task.child_nurseries:
-            pending.extend(nursery.child_tasks)
-    return count
 
 
 def rss_kib() -> int | None:
@@ -136,53 +121,13 @@ async def connect_batch(url: str, count: int) -> list[Any]:
     return opened
 
 
-class Closing:
-    """Enters a connection; on leaving, records an error from closing it instead of raising it.
-
-    Hundreds of connections are nested in one task: an error raised while
-    closing one would reach every connection closed after it, each task group
-    wrapping it once more, until the exception is too deep to handle.
-    """
-
-    def __init__(self, connection: Any, errors: list[str]) -> None:
-        self._connection = connection
-        self._errors = errors
-
-    async def __aenter__(self) -> Any:
-        return await self._connection.__aenter__()
-
-    async def __aexit__(self, *exc_info: Any) -> bool:
-        try:
-            await self._connection.__aexit__(*exc_info)
-        except Exception as error:
-            if exc_info[1] is not None:
-                raise  # not from closing: leaving the block failed already
-            self._errors.append(repr(error))
-        return False
-
-
-async def settle() -> None:
-    """Wait until no task is runnable: the short-lived tasks of each open are gone."""
-    import anyio
-
-    with anyio.fail_after(30):
-        await anyio.wait_all_tasks_blocked()
-
-
-def traced_bytes(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
-    # The snapshot taken before is alive while the one after is taken: leave
-    # tracemalloc's own objects out of the difference.
-    return snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-
-
 async def hold_connections(args: argparse.Namespace) -> dict[str, Any]:
     """Open N connections, keep them idle for the duration, close them; measure it all."""
     import anyio
 
     import wsclient
 
-    backend = "trio" if args.loop == "trio" else "asyncio"
-    count_tasks = count_tasks_trio if backend == "trio" else count_tasks_asyncio
+    count_tasks = task_counter(args.loop)
     heartbeat = wsclient.Heartbeat(interval=args.interval, timeout=args.timeout)
     fallback = wsclient.WebSocketFactory(args.url, compression=None)
     n = args.connections
@@ -272,37 +217,6 @@ async def hold_connections(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def run_worker(args: argparse.Namespace) -> int:
-    import anyio
-
-    if not args.no_pin:
-        pin_self()
-    options = {"use_uvloop": True} if args.loop == "uvloop" else None
-    backend = "trio" if args.loop == "trio" else "asyncio"
-    result = anyio.run(hold_connections, args, backend=backend, backend_options=options)
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-def pin_self() -> None:
-    if hasattr(os, "sched_setaffinity"):
-        allowed = os.sched_getaffinity(0)
-        if {CLIENT_CPU, SERVER_CPU} <= allowed:
-            os.sched_setaffinity(0, {CLIENT_CPU})
-
-
-def pinning(enabled: bool) -> tuple[bool, str]:
-    """Whether the server and the workers get a CPU each, and what to print about it."""
-    if not enabled:
-        return False, "not pinned (--no-pin)"
-    if not hasattr(os, "sched_setaffinity") or shutil.which("taskset") is None:
-        return False, "not pinned (no os.sched_setaffinity or taskset)"
-    allowed = os.sched_getaffinity(0)
-    if not {CLIENT_CPU, SERVER_CPU} <= allowed:
-        return False, f"not pinned (allowed CPUs: {sorted(allowed)})"
-    return True, f"server on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}"
-
-
 # The runner: limits, the echo server, one worker per loop and repetition.
 
 
@@ -336,48 +250,30 @@ def raise_file_limit(connections: int) -> int:
     return target
 
 
-def start_server(pin: bool) -> tuple[subprocess.Popen[bytes], int]:
-    command = [sys.executable, str(SERVER_SCRIPT), "--port", "0"]
-    if pin:
-        command = [shutil.which("taskset") or "taskset", "-c", str(SERVER_CPU), *command]
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=preexec()
-    )
-    try:
-        port = read_port(process)
-    except BaseException:
-        stop_server(process)
-        raise
-    return process, port
-
-
-def worker_command(args: argparse.Namespace, loop: str, url: str, traced: bool) -> list[str]:
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
+def worker_options(args: argparse.Namespace, loop: str, url: str, traced: bool) -> list[object]:
+    options: list[object] = [
         "--url",
         url,
         "--loop",
         loop,
         "--connections",
-        str(args.connections),
+        args.connections,
         "--interval",
-        str(args.interval),
+        args.interval,
         "--timeout",
-        str(args.timeout),
+        args.timeout,
         "--duration",
-        str(args.duration),
+        args.duration,
         "--batch",
-        str(args.batch),
+        args.batch,
         "--time-limit",
-        str(args.time_limit),
+        args.time_limit,
     ]
     if traced:
-        command.append("--tracemalloc")
+        options.append("--tracemalloc")
     if args.no_pin:
-        command.append("--no-pin")
-    return command
+        options.append("--no-pin")
+    return options
 
 
 def run_one(args: argparse.Namespace, loop: str, url: str, rep: int) -> dict[str, Any]:
@@ -385,16 +281,9 @@ def run_one(args: argparse.Namespace, loop: str, url: str, rep: int) -> dict[str
     sample: dict[str, Any] = {"loop": loop, "rep": rep}
     for traced in (False, True):
         try:
-            completed = subprocess.run(
-                worker_command(args, loop, url, traced),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                timeout=args.time_limit + 30,
-                check=True,
-                preexec_fn=preexec(),
-            )
-            result = json.loads(completed.stdout.decode().strip().splitlines()[-1])
-        except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+            options = worker_options(args, loop, url, traced)
+            result = run_worker(__file__, options, timeout=args.time_limit + 30)
+        except WORKER_ERRORS as exc:
             phase = "tracemalloc run" if traced else "run"
             sample["error"] = f"{phase}: {exc!r}"
             return sample
@@ -445,23 +334,14 @@ def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ok = [s for s in group if "error" not in s]
         row: dict[str, Any] = {"loop": loop, "reps": len(ok), "errors": len(group) - len(ok)}
         for field in FIELDS:
-            values = [s[field] for s in ok if s.get(field) is not None]
-            if values:
-                row[field] = statistics.median(values)
-                if row[field]:
-                    row[f"{field}_spread"] = (max(values) - min(values)) / row[field]
+            put_median(row, field, [s[field] for s in ok if s.get(field) is not None])
         for field in HEALTH:
             row[f"{field}_max"] = max((s.get(field) or 0 for s in ok), default=0)
         rows.append(row)
     return rows
 
 
-def cell(row: dict[str, Any], field: str, spec: str) -> str:
-    value = row.get(field)
-    return "n/a" if value is None else format(value, spec)
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     # (header, summary field, format) for the columns between loop and reps.
     columns = [
         ("tasks before", "tasks_before", ".0f"),
@@ -477,15 +357,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         ("CPU %", "cpu_percent", ".1f"),
         ("CPU µs/probe", "cpu_us_per_probe", ".1f"),
     ]
-    lines = [
-        "| loop | " + " | ".join(name for name, _, _ in columns) + " | reps |",
-        "|---|" + "---:|" * (len(columns) + 1),
-    ]
-    for row in rows:
-        reps = f"{row['reps']}" + (f" ({row['errors']} failed)" if row["errors"] else "")
-        cells = [cell(row, field, spec) for _, field, spec in columns]
-        lines.append(f"| {row['loop']} | " + " | ".join(cells) + f" | {reps} |")
-    return "\n".join(lines)
+    return markdown_table(rows, ["loop"], columns)
 
 
 def warnings(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
@@ -508,50 +380,6 @@ def warnings(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     return found
 
 
-def version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def wsclient_source() -> str | None:
-    """Where the workers import wsclient from, and its commit (``+dirty``: changed since)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("wsclient")
-    if spec is None or spec.origin is None:
-        return None
-    package = Path(spec.origin).parent
-    git = shutil.which("git")
-    if git is None:
-        return str(package)
-    try:
-        commit = subprocess.run(
-            [git, "rev-parse", "--short", "HEAD"], cwd=package, capture_output=True, check=True
-        ).stdout.decode()
-        changes = subprocess.run(
-            [git, "status", "--porcelain", "--", "."], cwd=package, capture_output=True, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return str(package)  # not in a git checkout
-    return f"{package} at {commit.strip()}" + ("+dirty" if changes.strip() else "")
-
-
-def environment(pinned: str, file_limit: int) -> dict[str, Any]:
-    return {
-        "wsclient_source": wsclient_source(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "pinning": pinned,
-        "open_files_limit": file_limit,
-        "versions": {
-            name: version(name) for name in ("wsclient", "websockets", "anyio", "trio", "uvloop")
-        },
-    }
-
-
 def progress(sample: dict[str, Any]) -> str:
     if "error" in sample:
         return f"{sample['loop']}: FAILED {sample['error']}"
@@ -564,25 +392,6 @@ def progress(sample: dict[str, Any]) -> str:
         f"{sample['timeouts']} timeouts, {sample['close_errors']} close errors, "
         + (f"{per_probe:.1f} CPU µs/probe" if per_probe is not None else "no probes")
     )
-
-
-def loop_available(loop: str) -> bool:
-    module = {"asyncio": "asyncio", "uvloop": "uvloop", "trio": "trio"}[loop]
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
-def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -601,12 +410,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--duration", type=positive(float), default=10.0, help="idle seconds (default 10)"
     )
-    parser.add_argument(
-        "--loop",
-        choices=LOOPS,
-        action="append",
-        help="event loop; repeat the option for several (default: all three)",
-    )
+    add_loop_option(parser)
     parser.add_argument(
         "--batch", type=positive(int), default=100, help="handshakes at once (default 100)"
     )
@@ -634,18 +438,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        return run_worker(args)
+        return worker_main(args, hold_connections)
 
-    loops = list(dict.fromkeys(args.loop or LOOPS))
-    skipped = [loop for loop in loops if not loop_available(loop)]
-    loops = [loop for loop in loops if loop not in skipped]
-    for loop in skipped:
-        print(f"# {loop} is not installed: skipped", file=sys.stderr)
+    loops = available_loops(args.loop)
     file_limit = raise_file_limit(args.connections)
     pin, pinned = pinning(not args.no_pin)
     args.no_pin = not pin  # the workers pin themselves only when the server is pinned too
     print(f"# open-files limit {file_limit}; {pinned}", file=sys.stderr)
-    env = environment(pinned, file_limit)  # before the runs: wsclient's source may change
+    env = environment(pinned, open_files_limit=file_limit)  # before the runs
 
     # SIGTERM, like Ctrl-C, stops the run, reports what was measured and stops the server.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -676,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wsclient {env['versions']['wsclient']} from {env['wsclient_source']}, "
         f"anyio {env['versions']['anyio']}; {pinned}.\n"
     )
-    print(markdown_table(rows))
+    print(table(rows))
     found = warnings(rows, args)
     for line in found:
         print(f"# WARNING {line}", file=sys.stderr)
@@ -692,8 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "warnings": found,
             "samples": samples,
         }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"# raw results written to {args.json}", file=sys.stderr)
+        write_json(args.json, document)
     failed = any("error" in sample for sample in samples) or len(samples) < args.repeat * len(loops)
     unhealthy = any(row[f"{field}_max"] for row in rows for field in HEALTH)
     return 1 if failed or unhealthy else 0

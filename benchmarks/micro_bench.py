@@ -47,8 +47,11 @@ class NullLink(Link):
     def queue(self, chunks: list[bytes], *, control: bool) -> None:
         self.written += len(chunks)
 
-    async def flush(self) -> None:
+    async def flush(self, *, control_only: bool = False) -> None:
         pass
+
+    def clock(self) -> float:
+        return time.perf_counter()
 
     def write_eof(self) -> None:
         pass

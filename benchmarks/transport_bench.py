@@ -26,36 +26,44 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import json
-import math
 import os
-import platform
 import random
 import shutil
 import signal
 import statistics
 import string
-import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import orjson
-from echo_process import SERVER_SCRIPT, preexec, read_port, stop_server
+from common import (
+    CLIENT_CPU,
+    Concurrently,
+    anyio_task_group,
+    asyncio_gather,
+    environment,
+    importable,
+    markdown_table,
+    percentile,
+    positive,
+    put_median,
+    run_on,
+    trio_nursery,
+    write_json,
+)
+from common import measure_pipelined as pipelined
+from echo_process import SERVER_CPU, start_server, stop_server
 
 HOST = "127.0.0.1"
-SERVER_CPU = 0
-CLIENT_CPU = 1
 
 Send = Callable[[str], Awaitable[None]]
 Recv = Callable[[], Awaitable[Any]]
-Task = Callable[[], Coroutine[Any, Any, None]]
-Concurrently = Callable[[Task, Task], Awaitable[None]]
 
 
 class Measurement(NamedTuple):
@@ -151,34 +159,13 @@ async def measure_pipelined(
 ) -> tuple[float, float]:
     """One sender and one receiver on one connection; returns seconds and CPU seconds."""
     payload = cfg.payload
-    count = cfg.messages
-    last: list[Any] = [None]
-
-    async def sender() -> None:
-        for _ in range(count):
-            await send(payload)
-
-    async def receiver() -> None:
-        message = None
-        for _ in range(count):
-            message = await recv()
-        last[0] = message
-
-    cpu = time.process_time()
-    start = time.perf_counter()
-    await concurrently(sender, receiver)
-    elapsed = time.perf_counter() - start
-    cpu = time.process_time() - cpu
-    if last[0] != payload:
-        raise RuntimeError(f"echo mismatch: sent {payload!r}, got {last[0]!r}")
+    elapsed, cpu, last = await pipelined(send, recv, payload, cfg.messages, concurrently)
+    if last != payload:
+        raise RuntimeError(f"echo mismatch: sent {payload!r}, got {last!r}")
     return elapsed, cpu
 
 
 # websockets' own clients: the reference.
-
-
-async def asyncio_gather(a: Task, b: Task) -> None:
-    await asyncio.gather(a(), b())
 
 
 async def websockets_asyncio_session(cfg: Config) -> Measurement:
@@ -204,16 +191,11 @@ def run_websockets_trio(cfg: Config) -> Measurement:
     import trio
     from websockets.trio.client import connect
 
-    async def both(a: Task, b: Task) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(a)
-            nursery.start_soon(b)
-
     async def session() -> Measurement:
         with trio.fail_after(cfg.timeout):
             async with connect(cfg.url, compression=cfg.compression) as ws:
                 latency = await measure_latency(ws.send, ws.recv, cfg)
-                pipelined = await measure_pipelined(ws.send, ws.recv, both, cfg)
+                pipelined = await measure_pipelined(ws.send, ws.recv, trio_nursery, cfg)
         return Measurement(*latency, *pipelined)
 
     return trio.run(session)
@@ -298,14 +280,6 @@ def run_raw_socket(cfg: Config) -> Measurement:
 # wsclient's transport, through anyio on every backend.
 
 
-async def anyio_task_group(a: Task, b: Task) -> None:
-    import anyio
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a)
-        tg.start_soon(b)
-
-
 async def wsclient_session(cfg: Config) -> Measurement:
     import anyio
 
@@ -323,15 +297,8 @@ async def wsclient_session(cfg: Config) -> Measurement:
     return Measurement(*latency, *pipelined)
 
 
-def wsclient_runner(
-    backend: str, options: dict[str, Any] | None = None
-) -> Callable[[Config], Measurement]:
-    def run(cfg: Config) -> Measurement:
-        import anyio
-
-        return anyio.run(wsclient_session, cfg, backend=backend, backend_options=options)
-
-    return run
+def wsclient_runner(loop: str) -> Callable[[Config], Measurement]:
+    return partial(run_on, loop, wsclient_session)
 
 
 def available_clients() -> tuple[list[Client], list[str]]:
@@ -351,9 +318,7 @@ def available_clients() -> tuple[list[Client], list[str]]:
     if has_wsclient:
         clients.append(Client("wsclient", "asyncio", wsclient_runner("asyncio")))
         if has_uvloop:
-            clients.append(
-                Client("wsclient", "uvloop", wsclient_runner("asyncio", {"use_uvloop": True}))
-            )
+            clients.append(Client("wsclient", "uvloop", wsclient_runner("uvloop")))
         if has_trio:
             clients.append(Client("wsclient", "trio", wsclient_runner("trio")))
     else:
@@ -363,14 +328,6 @@ def available_clients() -> tuple[list[Client], list[str]]:
     if not has_trio:
         notes.append("trio is not installed: trio rows skipped")
     return clients, notes
-
-
-def importable(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
 
 
 def wsclient_has_transport() -> bool:
@@ -396,30 +353,16 @@ def pin_client(enabled: bool) -> str:
     return f"client pinned to CPU {CLIENT_CPU} (os.sched_setaffinity)"
 
 
-def server_command(compression: bool, pin: bool) -> tuple[list[str], str]:
-    command = [sys.executable, str(SERVER_SCRIPT), "--port", "0"]
-    if compression:
-        command.append("--compression")
-    taskset = shutil.which("taskset")
-    if not pin:
-        return command, "server not pinned (--no-pin)"
-    if taskset is None:
-        return command, "server not pinned (taskset not found)"
-    return [
-        taskset,
-        "-c",
-        str(SERVER_CPU),
-        *command,
-    ], f"server pinned to CPU {SERVER_CPU} (taskset)"
+def pin_server(enabled: bool) -> tuple[bool, str]:
+    """Whether to pin the echo server to its CPU, and what to print about it."""
+    if not enabled:
+        return False, "server not pinned (--no-pin)"
+    if shutil.which("taskset") is None:
+        return False, "server not pinned (taskset not found)"
+    return True, f"server pinned to CPU {SERVER_CPU} (taskset)"
 
 
 # Statistics and report.
-
-
-def percentile(ordered: Sequence[int], q: float) -> int:
-    """Nearest-rank percentile of already sorted data."""
-    index = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
-    return ordered[index]
 
 
 def run_one(client: Client, cfg: Config, rep: int) -> Sample:
@@ -462,11 +405,8 @@ def summarize(samples: list[Sample]) -> list[dict[str, Any]]:
             "reps": len(ok),
             "errors": len(group) - len(ok),
         }
-        if ok:
-            for field in FIELDS:
-                values = [getattr(s, field) for s in ok]
-                row[field] = statistics.median(values)
-                row[f"{field}_spread"] = (max(values) - min(values)) / row[field]
+        for field in FIELDS:
+            put_median(row, field, [getattr(s, field) for s in ok])
         rows.append(row)
     for row in rows:
         reference = next(
@@ -488,80 +428,39 @@ def summarize(samples: list[Sample]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    header = (
-        "| client | loop | compression | p50 µs | p99 µs | latency ratio | CPU µs/rt "
-        "| msgs/s | throughput ratio | CPU µs/msg | reps |"
-    )
-    lines = [header, "|" + "---|" * 3 + "---:|" * 8]
-    for row in rows:
-        if "p50_us" not in row:
-            cells = ["failed"] * 7
-        else:
-            cells = [
-                f"{row['p50_us']:.1f}",
-                f"{row['p99_us']:.1f}",
-                f"{row['latency_ratio']:.2f}" if "latency_ratio" in row else "n/a",
-                f"{row['cpu_us_per_rt']:.1f}",
-                f"{row['msgs_per_s']:,.0f}",
-                f"{row['throughput_ratio']:.2f}" if "throughput_ratio" in row else "n/a",
-                f"{row['cpu_us_per_msg']:.1f}",
-            ]
-        reps = f"{row['reps']}" + (f" ({row['errors']} failed)" if row["errors"] else "")
-        compression = row["compression"] or "off"
-        lines.append(
-            f"| {row['client']} | {row['loop']} | {compression} | "
-            + " | ".join(cells)
-            + f" | {reps} |"
-        )
-    return "\n".join(lines)
-
-
-def version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def environment(pinning: list[str]) -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "pinning": pinning,
-        "versions": {
-            name: version(name)
-            for name in ("wsclient", "websockets", "anyio", "trio", "uvloop", "orjson")
-        },
-    }
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def table(rows: list[dict[str, Any]]) -> str:
+    columns = [
+        ("p50 µs", "p50_us", ".1f"),
+        ("p99 µs", "p99_us", ".1f"),
+        ("latency ratio", "latency_ratio", ".2f"),
+        ("CPU µs/rt", "cpu_us_per_rt", ".1f"),
+        ("msgs/s", "msgs_per_s", ",.0f"),
+        ("throughput ratio", "throughput_ratio", ".2f"),
+        ("CPU µs/msg", "cpu_us_per_msg", ".1f"),
+    ]
+    shown = [{**row, "compression": row["compression"] or "off"} for row in rows]
+    return markdown_table(shown, ["client", "loop", "compression"], columns, failed="failed")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Round-trip latency and pipelined throughput of wsclient vs websockets."
     )
-    parser.add_argument("--repeat", type=positive, default=5, help="repetitions (default 5)")
+    parser.add_argument("--repeat", type=positive(int), default=5, help="repetitions (default 5)")
     parser.add_argument(
-        "--roundtrips", type=positive, default=20_000, help="timed round trips (default 20,000)"
+        "--roundtrips",
+        type=positive(int),
+        default=20_000,
+        help="timed round trips (default 20,000)",
     )
     parser.add_argument(
         "--warmup", type=int, default=1_000, help="untimed round trips first (default 1,000)"
     )
     parser.add_argument(
-        "--messages", type=positive, default=60_000, help="pipelined messages (default 60,000)"
+        "--messages", type=positive(int), default=60_000, help="pipelined messages (default 60,000)"
     )
     parser.add_argument(
-        "--size", type=positive, default=100, help="message size in bytes (default 100)"
+        "--size", type=positive(int), default=100, help="message size in bytes (default 100)"
     )
     parser.add_argument(
         "--quick",
@@ -605,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compression:
         compressions.append("deflate")
 
-    command, server_pinning = server_command(args.compression, not args.no_pin)
+    pin, server_pinning = pin_server(not args.no_pin)
     client_pinning = pin_client(not args.no_pin)
     for line in (server_pinning, client_pinning, *notes):
         print(f"# {line}", file=sys.stderr)
@@ -613,14 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM, like Ctrl-C, stops the run, reports what was measured and stops the server.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     samples: list[Sample] = []
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        preexec_fn=preexec(),
-    )
+    env = environment([server_pinning, client_pinning])  # before the runs
+    process, port = start_server(pin, compression=args.compression)
     try:
-        port = read_port(process)
         url = f"ws://{HOST}:{port}/"
         print(f"# echo server pid {process.pid} on {url}", file=sys.stderr)
         for rep in range(1, args.repeat + 1):
@@ -648,14 +542,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_server(process)
 
     rows = summarize(samples)
-    env = environment([server_pinning, client_pinning])
     print(
         f"{args.size}-byte JSON text messages; {args.roundtrips:,} round trips after "
         f"{args.warmup:,} warm-up; {args.messages:,} pipelined messages; "
         f"median over repetitions (--repeat {args.repeat}); Python {env['python']}, "
         f"websockets {env['versions']['websockets']}, {server_pinning}, {client_pinning}.\n"
     )
-    print(markdown_table(rows))
+    print(table(rows))
     if args.json is not None:
         document = {
             "environment": env,
@@ -671,8 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "summary": rows,
             "samples": [dataclasses.asdict(sample) for sample in samples],
         }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"# raw results written to {args.json}", file=sys.stderr)
+        write_json(args.json, document)
     return 1 if any(sample.error for sample in samples) else 0
 
 
