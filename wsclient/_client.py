@@ -142,10 +142,7 @@ class Client(Endpoint):
     ) -> None:
         if not reconnect and backoff is not None:
             raise ValueError("backoff= makes no sense with reconnect=False")
-        if not (is_finite_number(request_timeout) or request_timeout == math.inf) or not (
-            request_timeout > 0
-        ):
-            raise ValueError(f"request_timeout must be a positive number, got {request_timeout!r}")
+        self._request_timeout = _check_timeout(request_timeout, "request_timeout")
         if in_flight not in IN_FLIGHT_POLICIES:
             raise ValueError(f"in_flight must be one of {IN_FLIGHT_POLICIES}, got {in_flight!r}")
         self.dialect: Dialect = dialect if dialect is not None else DefaultDialect()
@@ -194,7 +191,6 @@ class Client(Endpoint):
         else:
             raise TypeError(f"url must be a str or a transport factory, not {type(url).__name__}")
         self._name = name or display
-        self._request_timeout = float(request_timeout)
         self._in_flight: InFlight = in_flight
         self._client = self
         self._origin = None
@@ -558,9 +554,9 @@ def connect(url: str | Callable[[], Awaitable[Transport]], **options: Any) -> Cl
     return Client(url, **options)
 
 
-def _check_timeout(timeout: float) -> float:
+def _check_timeout(timeout: float, name: str = "timeout") -> float:
     if not (is_finite_number(timeout) or timeout == math.inf) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        raise ValueError(f"{name} must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
 
 
