@@ -291,3 +291,85 @@ async def test_session_receive_does_not_erase_the_cause_of_the_clients_failure()
         with pytest.raises(ReconnectFailed) as after:
             await client.query("x")
         assert isinstance(after.value.__cause__, RemoteError)
+
+
+# Found while documenting
+
+
+class Unconfirmed(wsclient.DefaultDialect):
+    """A server that never confirms subscriptions."""
+
+    confirms_subscriptions = False
+
+
+async def test_unconfirmed_channel_queued_at_a_drop_is_subscribed_after_the_reconnect() -> None:
+    """Without confirmations, a subscribe still queued at a drop counts as sent once flushed."""
+    server = Server(max_queue=1)
+    async with make_client(server, dialect=Unconfirmed()) as client:
+        server.end.break_link()
+        await client.wait_state(C.RECONNECTING)
+        for n in range(3):
+            await client.send({"n": n})
+        await server.wait_for_connection(2)
+        await client.wait_state(C.OPEN)
+        await anyio.sleep(1)  # the flusher is stuck behind the full peer
+        async with client.subscribe("prices") as sub:
+            server.end.break_link()
+            await client.wait_state(C.RECONNECTING)
+            end = await server.wait_for_connection(3)
+            await client.wait_state(C.OPEN)
+            await sub.confirmed(timeout=1)
+            assert sub.state is wsclient.SubscriptionState.SUBSCRIBED
+            assert [await read(end) for _ in range(2)] == [{"n": 2}, SUBSCRIBE]
+
+
+async def test_request_waiting_for_room_when_the_client_closes_is_lost_once() -> None:
+    """A request blocked on a full queue when the client closes: ConnectionLost, counted once."""
+    server = Server()
+    outcome = Outcome()
+    queue = QueuePolicy(max_messages=1, overflow="block")
+    async with anyio.create_task_group() as group:
+        async with make_client(server, queue=queue, close_timeout=1) as client:
+            server.end.break_link()
+            await client.wait_state(C.RECONNECTING)
+            server.failures.extend(ConnectionError("refused") for _ in range(50))
+            await client.send({"fill": 1})
+            group.start_soon(outcome.run, client.query("blocked"))
+            await anyio.sleep(0.5)
+        await outcome.wait()
+    assert isinstance(outcome.error, wsclient.ConnectionLost)
+    stats = client.statistics().requests
+    assert (stats.lost, stats.cancelled, stats.pending) == (1, 0, 0)
+
+
+async def test_requests_refused_by_the_queue_count_as_dropped() -> None:
+    """drop_newest and reject refusing a request count it in requests.dropped."""
+    for overflow in ("drop_newest", "reject"):
+        server = Server()
+        queue = QueuePolicy(max_messages=1, overflow=overflow)  # type: ignore[arg-type]
+        async with make_client(server, queue=queue) as client:
+            server.end.break_link()
+            await client.wait_state(C.RECONNECTING)
+            await client.send({"fill": 1})
+            with pytest.raises(QueueFull):
+                await client.query("x")
+            stats = client.statistics().requests
+            assert (stats.dropped, stats.cancelled, stats.pending) == (1, 0, 0), overflow
+
+
+async def test_confirmation_timeout_is_checked() -> None:
+    """confirmed(timeout=) refuses what is not a positive number of seconds."""
+    server = Server()
+    async with make_client(server) as client, client.subscribe("prices") as sub:
+        for bad in (0, -1, float("nan"), "1"):
+            with pytest.raises(ValueError, match="timeout"):
+                await sub.confirmed(timeout=bad)  # type: ignore[arg-type]
+
+
+def test_json_rpc_error_with_an_empty_message_gets_a_text() -> None:
+    """An error object whose message is empty still says what happened."""
+    inbound = wsclient.JsonRpcDialect().route(
+        {"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": ""}}
+    )
+    assert inbound.error is not None
+    assert str(inbound.error) == "the server sent error -32000 without a message"

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import anyio
 
 from ._buffer import BufferPolicy, InboundBuffer
+from ._checks import check_timeout
 from ._exceptions import InvalidState, QueueFull, RemoteError, RequestTimeout, WSClientError
 
 __all__ = ["ChannelStatistics", "Subscription", "SubscriptionState", "SubscriptionStatistics"]
@@ -364,6 +365,7 @@ class ChannelRegistry:
                 if channel.number is not None and not self._host._left_queue(channel.number):
                     # Its subscribe still waits in the queue, which flushes next.
                     channel.sent_on = connection
+                    self._sent(channel)
                     continue
                 channel.sent_on = connection
                 channel.number = None
@@ -499,7 +501,7 @@ class Subscription:
         :class:`~wsclient.RemoteError` if it refused, and
         :class:`~wsclient.InvalidState` if the subscription is closed.
         """
-        limit = self._registry._host.request_timeout if timeout is None else timeout
+        limit = self._registry._host.request_timeout if timeout is None else check_timeout(timeout)
         with anyio.move_on_after(limit):
             while True:
                 state = self.state

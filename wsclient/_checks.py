@@ -21,3 +21,12 @@ def is_finite_number(value: object) -> bool:
 def is_count(value: object) -> bool:
     """True for an int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_timeout(value: object, name: str = "timeout") -> float:
+    """``value`` as seconds to wait: a positive number, ``math.inf`` allowed; else ValueError."""
+    if isinstance(value, (int, float)) and (is_finite_number(value) or value == math.inf):
+        seconds = float(value)
+        if seconds > 0:
+            return seconds
+    raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")

@@ -14,7 +14,6 @@ requests whose policy is ``resend``; only then does the queue flush.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,7 +24,7 @@ import anyio
 from ._backoff import Backoff
 from ._buffer import BufferPolicy, BufferStatistics, InboundBuffer
 from ._channels import ChannelRegistry, ChannelStatistics
-from ._checks import is_finite_number
+from ._checks import check_timeout
 from ._codec import Codec, JsonCodec
 from ._correlator import IN_FLIGHT_POLICIES, Correlator, InFlight, RequestStatistics
 from ._dialect import DefaultDialect, Dialect, Inbound, Route
@@ -142,7 +141,7 @@ class Client(Endpoint):
     ) -> None:
         if not reconnect and backoff is not None:
             raise ValueError("backoff= makes no sense with reconnect=False")
-        self._request_timeout = _check_timeout(request_timeout, "request_timeout")
+        self._request_timeout = check_timeout(request_timeout, "request_timeout")
         if in_flight not in IN_FLIGHT_POLICIES:
             raise ValueError(f"in_flight must be one of {IN_FLIGHT_POLICIES}, got {in_flight!r}")
         self.dialect: Dialect = dialect if dialect is not None else DefaultDialect()
@@ -388,7 +387,7 @@ class Client(Endpoint):
         in_flight: InFlight | None,
         origin: Any,
     ) -> Any:
-        limit = self._request_timeout if timeout is None else _check_timeout(timeout)
+        limit = self._request_timeout if timeout is None else check_timeout(timeout)
         policy = self._in_flight if in_flight is None else in_flight
         if policy not in IN_FLIGHT_POLICIES:
             raise ValueError(f"in_flight must be one of {IN_FLIGHT_POLICIES}, got {policy!r}")
@@ -406,13 +405,25 @@ class Client(Endpoint):
 
             # One scope for the whole call: waiting for room in the queue counts too.
             with anyio.move_on_after(limit):
-                with anyio.CancelScope() as waiter.scope:
-                    number = await self._rt.submit(data, text=self.codec.text, on_accepted=numbered)
+                try:
+                    with anyio.CancelScope() as waiter.scope:
+                        number = await self._rt.submit(
+                            data, text=self.codec.text, on_accepted=numbered
+                        )
+                except QueueFull as exc:  # reject, or block with put_nowait semantics
+                    raise correlator.refused(waiter, exc) from None
+                except WSClientError:
+                    if waiter.error is not None:  # the client closed while we waited for room
+                        raise waiter.error.with_traceback(None) from None
+                    raise
                 waiter.scope = None
-                if waiter.done and waiter.error is not None and waiter.number is None:
+                if waiter.error is not None and waiter.number is None:
                     raise waiter.error.with_traceback(None)  # failed while waiting for room
                 if number is None:
-                    raise QueueFull(f"the outbound queue dropped request {waiter.id} (drop_newest)")
+                    error = QueueFull(
+                        f"the outbound queue dropped request {waiter.id} (drop_newest)"
+                    )
+                    raise correlator.refused(waiter, error)
                 return await waiter.wait()
             if waiter.done:  # the reply came in the same instant as the deadline
                 return await waiter.wait()
@@ -552,12 +563,6 @@ def connect(url: str | Callable[[], Awaitable[Transport]], **options: Any) -> Cl
     raises here.
     """
     return Client(url, **options)
-
-
-def _check_timeout(timeout: float, name: str = "timeout") -> float:
-    if not (is_finite_number(timeout) or timeout == math.inf) or timeout <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
 
 
 def _short(value: Any, limit: int = 40) -> str:

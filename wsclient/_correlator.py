@@ -43,7 +43,7 @@ class RequestStatistics:
     timeouts: int  # no reply in time
     cancelled: int  # the caller stopped waiting
     lost: int  # failed with ConnectionLost
-    dropped: int  # dropped by the outbound queue (QueueFull) before they were sent
+    dropped: int  # refused or dropped by the outbound queue (QueueFull): never sent
     resent: int  # sent again after a reconnect
     unknown_replies: int  # replies to no pending request (late, or not ours)
 
@@ -229,15 +229,19 @@ class Correlator:
         """The outbound queue dropped message ``number``: its request, if any, fails at once."""
         for waiter in self._waiters.values():
             if waiter.number == number and not waiter.done:
-                del self._waiters[waiter.id]
-                self._dropped += 1
-                waiter.set_error(
-                    QueueFull(
-                        f"{self._name}: the outbound queue dropped request {waiter.id}"
-                        " (its overflow policy or ttl)"
-                    )
-                )
+                message = f"the outbound queue dropped request {waiter.id} (its overflow or ttl)"
+                self.refused(waiter, QueueFull(f"{self._name}: {message}"))
                 return
+
+    def refused(self, waiter: Waiter, error: QueueFull) -> QueueFull:
+        """The outbound queue refused or dropped ``waiter``'s request: fail it, count it.
+
+        Returns ``error``, for the caller to raise.
+        """
+        if self._waiters.pop(waiter.id, None) is not None and not waiter.done:
+            self._dropped += 1
+            waiter.set_error(error)
+        return error
 
     def to_resend(self) -> Iterator[Waiter]:
         """The waiters to send again on the new connection, oldest first; each counted once."""

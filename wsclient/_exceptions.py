@@ -6,7 +6,7 @@ chained with ``raise ... from original`` so the cause stays visible::
 
     WSClientError
     ├── InvalidURL                    (also a ValueError)
-    ├── ConnectError                  refused, DNS, TLS, handshake rejected (.status)
+    ├── ConnectError                  refused, DNS, TLS, handshake rejected (.status, .retry_after)
     │   └── ConnectTimeout            the opening handshake took too long
     ├── ConnectionClosed              (.code, .reason, .sent_code)
     │   ├── ConnectionClosedOK        both sides closed with 1000, 1001 or no status (1005)
@@ -16,7 +16,7 @@ chained with ``raise ... from original`` so the cause stays visible::
     ├── ReconnectFailed               reconnecting gave up (.last_error, .attempts)
     ├── ConnectionLost                the connection dropped while a request was in flight
     ├── RequestTimeout                no reply within the request's timeout (also a TimeoutError)
-    ├── RemoteError                   the server answered with an error (.code, .data)
+    ├── RemoteError                   the server answered with an error (.code, .data, .request_id)
     ├── QueueFull                     a queue or buffer has no room for a message
     ├── ProtocolError                 the peer broke the WebSocket or message protocol
     └── InvalidState                  the operation is not allowed in the current state

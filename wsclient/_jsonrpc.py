@@ -291,7 +291,8 @@ def _remote_error(error: Any, request_id: Any) -> RemoteError:
     data = error.get("data")
     good_code = isinstance(code, int) and not isinstance(code, bool)
     if good_code and isinstance(message, str):
-        return RemoteError(message, code=code, data=data, request_id=request_id)
+        text = message or f"the server sent error {code} without a message"
+        return RemoteError(text, code=code, data=data, request_id=request_id)
     faults: list[str] = []
     if not good_code:
         faults.append(f"'code' is {_quote(code)}" if "code" in error else "no 'code'")
