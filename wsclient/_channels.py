@@ -83,8 +83,8 @@ class ChannelHost(Protocol):
     ) -> int | None:
         """Encode and send (or queue) a framed message; its number, None if dropped."""
 
-    def _send_frame_nowait(self, frame: Any) -> None:
-        """Encode and queue a framed message without waiting."""
+    def _send_frame_nowait(self, frame: Any) -> int | None:
+        """Encode and queue a framed message without waiting; its number, None if dropped."""
 
     def _subscribe_frame(self, channel: str) -> Any: ...
 
@@ -173,36 +173,55 @@ class ChannelRegistry:
             number = await self._host._submit_frame(
                 self._host._subscribe_frame(sub.channel), numbered
             )
-        except BaseException:
-            self._release(sub)
-            self._orphaned(channel)
+        except BaseException as exc:
+            self._open_failed(sub, channel, exc if isinstance(exc, Exception) else None)
             raise
         if number is None:
-            self._release(sub)
-            self._orphaned(channel)
-            raise QueueFull(f"the outbound queue dropped the subscribe to {sub.channel!r}")
+            error = QueueFull(f"the outbound queue dropped the subscribe to {sub.channel!r}")
+            self._open_failed(sub, channel, error)
+            raise error
         self._sent(channel)
 
-    def _orphaned(self, channel: _Channel) -> None:
-        """The first subscriber's subscribe failed: others that joined meanwhile need one."""
-        if self._channels.get(channel.name) is not channel:
-            return  # nobody else holds it
+    def _open_failed(self, sub: Subscription, channel: _Channel, error: Exception | None) -> None:
+        """The first subscriber's subscribe failed, was dropped, or was cancelled.
+
+        A subscribe that was accepted may have reached the server, or may
+        yet: subscribing twice and unsubscribing once too often are both
+        harmless, so in doubt the channel is put right both ways.
+        """
+        sub._end(error)  # reading it raises rather than waits
+        number = channel.number
+        accepted = number is not None
+        queued = number is not None and not self._host._left_queue(number)
+        frame = self._release(sub)
+        if self._channels.get(channel.name) is not channel:  # nobody else holds it
+            if accepted and frame is not None:
+                self._send_nowait(frame, channel.name, "unsubscribe from")
+            return
+        if queued:
+            return  # the queued subscribe serves those who joined meanwhile
         channel.sent_on = None
         channel.number = None
         connection = self._host._current_connection()
         if connection is None:
             return  # the next connection's hook subscribes it
+        number = self._send_nowait(self._host._subscribe_frame(channel.name), channel.name)
+        if number is not None:
+            channel.sent_on = connection
+            channel.number = number
+
+    def _send_nowait(self, frame: Any, channel: str, what: str = "subscribe to") -> int | None:
+        """Queue ``frame`` from where no one can wait; log (and return None) if it cannot go."""
         try:
-            self._host._send_frame_nowait(self._host._subscribe_frame(channel.name))
-        except WSClientError as exc:
+            number = self._host._send_frame_nowait(frame)
+        except (WSClientError, TypeError) as exc:
+            logger.warning("%s: could not %s %r: %s", self._name, what, channel, exc)
+            return None
+        if number is None:
             logger.warning(
-                "%s: could not subscribe to %r: %s; the next reconnect will",
-                self._name,
-                channel.name,
-                exc,
+                "%s: the outbound queue dropped the message to %s %r", self._name, what, channel
             )
-            return
-        channel.sent_on = connection
+        return number
 
     def _sent(self, channel: _Channel) -> None:
         if not self._host._confirms_subscriptions and channel.state is not SubscriptionState.FAILED:
@@ -251,12 +270,7 @@ class ChannelRegistry:
         assert sub._buffer is not None
         sub._end(sub._buffer.error, state=SubscriptionState.FAILED)
         if frame is not None:
-            try:
-                self._host._send_frame_nowait(frame)
-            except (WSClientError, TypeError) as exc:
-                logger.warning(
-                    "%s: could not unsubscribe from %r: %s", self._name, sub.channel, exc
-                )
+            self._send_nowait(frame, sub.channel, "unsubscribe from")
 
     def release_origin(self, origin: Any) -> list[Any]:
         """Close every subscription of session ``origin``; the unsubscribe frames to send."""

@@ -360,8 +360,8 @@ class Client(Endpoint):
             self._encode(frame), text=self.codec.text, on_accepted=on_accepted
         )
 
-    def _send_frame_nowait(self, frame: Any) -> None:
-        self._rt.send_nowait(self._encode(frame), text=self.codec.text)
+    def _send_frame_nowait(self, frame: Any) -> int | None:
+        return self._rt.submit_nowait(self._encode(frame), text=self.codec.text)
 
     def _subscribe_frame(self, channel: str) -> Any:
         return self.dialect.subscribe(channel)

@@ -419,11 +419,15 @@ class StreamLink(Link):
         if not self.backlogged:
             return
         self._writing = True
+        finished = False
         try:
             await self._write_all(control_only)
+            finished = True
         finally:
             self._writing = False
-            if not control_only:
+            # A run cut short by cancellation may leave frames queued: then
+            # the waiters must see it did not count, and one writes them.
+            if not control_only and (finished or self.lost):
                 self._full_writes += 1
             if self._written is not None:
                 self._written.set()

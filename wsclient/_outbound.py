@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import anyio
+import anyio.lowlevel
 
 from ._exceptions import QueueFull
 
@@ -231,6 +232,9 @@ class OutboundQueue:
                 if self._putters[0] is putter:
                     self._expire(now)
                     if self._fits(size):
+                        # Cancelled while being woken (its caller gave up): it
+                        # must not get in. This never lets another task run.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
                         break
                 # Each wake-up is a fresh check, and nothing can change between
                 # that check and the next wait: no wake-up is lost.

@@ -604,13 +604,17 @@ class ReconnectingTransport:
         Returns False if the ``drop_newest`` policy dropped it. Raises
         :class:`~wsclient.QueueFull` when full under ``reject`` or ``block``.
         """
+        return self.submit_nowait(data, text=text) is not None
+
+    def submit_nowait(self, data: str | bytes, *, text: bool | None = None) -> int | None:
+        """:meth:`send_nowait`, returning the message's number (see :meth:`submit`)."""
         payload, is_text = _to_queue_item(data, text)
         self._check_open()
         if not self._queue.put_nowait(payload, is_text):
-            return False
+            return None
         self._accepted += 1
         self._start_flusher()
-        return True
+        return self._accepted
 
     def left_queue(self, number: int) -> bool:
         """Whether message ``number`` (from :meth:`submit`) has left the outbound queue.
