@@ -26,7 +26,7 @@ from wsclient import (
     RemoteError,
 )
 
-from .test_client_layers import Outcome, make_client, read, refuse, reply
+from .test_client_layers import Outcome, make_client, read, read_until_marker, refuse, reply
 from .test_reconnect import Server
 
 pytestmark = pytest.mark.anyio
@@ -38,14 +38,6 @@ SUBSCRIBE = {"action": "subscribe", "channel": "prices"}
 @pytest.fixture
 def anyio_backend(fake_clock: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return fake_clock
-
-
-async def read_until_marker(end: Any) -> list[Any]:
-    """What the client sent before ``{"marker": 1}``."""
-    sent = []
-    while (message := await read(end)) != {"marker": 1}:
-        sent.append(message)
-    return sent
 
 
 # Malformed replies

@@ -74,6 +74,14 @@ async def confirm(end: MemoryTransport, channel: str) -> None:
     await end.send(orjson.dumps({"channel": "system", "data": data}).decode())
 
 
+async def read_until_marker(end: MemoryTransport) -> list[Any]:
+    """What the client sent before ``{"marker": 1}``."""
+    sent = []
+    while (message := await read(end)) != {"marker": 1}:
+        sent.append(message)
+    return sent
+
+
 class Outcome:
     """What a request run in the background ended with, and when."""
 

@@ -18,7 +18,7 @@ from wsclient import ConnectionState, InvalidState, QueuePolicy, SubscriptionSta
 from wsclient._links import StreamLink
 from wsclient.testing import MemoryTransport
 
-from .test_client_layers import Outcome, make_client, read
+from .test_client_layers import Outcome, make_client, read, read_until_marker
 from .test_links import DATA, Owner
 from .test_reconnect import Server
 
@@ -33,14 +33,6 @@ UNSUBSCRIBE = {"action": "unsubscribe", "channel": "prices"}
 @pytest.fixture
 def anyio_backend(fake_clock: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return fake_clock
-
-
-async def read_until_marker(end: Any) -> list[Any]:
-    """What the client sent before ``{"marker": 1}``."""
-    sent = []
-    while (message := await read(end)) != {"marker": 1}:
-        sent.append(message)
-    return sent
 
 
 # StreamLink.flush

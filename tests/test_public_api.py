@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 import pytest
@@ -24,40 +25,24 @@ def test_all_names_exist_and_are_documented(module: object) -> None:
 
 def test_package_exports_every_public_name_of_its_private_modules() -> None:
     """Nothing a private module lists as public is missing from wsclient.__all__."""
-    from wsclient import (
-        _backoff,
-        _buffer,
-        _channels,
-        _client,
-        _codec,
-        _correlator,
-        _dialect,
-        _exceptions,
-        _heartbeat,
-        _jsonrpc,
-        _mux,
-        _outbound,
-        _reconnect,
-        _transport,
-    )
-
+    names = [
+        "_backoff",
+        "_buffer",
+        "_channels",
+        "_client",
+        "_codec",
+        "_correlator",
+        "_dialect",
+        "_exceptions",
+        "_heartbeat",
+        "_jsonrpc",
+        "_mux",
+        "_outbound",
+        "_reconnect",
+        "_transport",
+    ]
     exported = set(wsclient.__all__)
-    modules = (
-        _backoff,
-        _buffer,
-        _channels,
-        _client,
-        _codec,
-        _correlator,
-        _dialect,
-        _exceptions,
-        _heartbeat,
-        _jsonrpc,
-        _mux,
-        _outbound,
-        _reconnect,
-        _transport,
-    )
+    modules = [importlib.import_module(f"wsclient.{name}") for name in names]
     for module in modules:
         missing = set(module.__all__) - exported
         assert not missing, f"{module.__name__} exports {missing} but wsclient does not"
