@@ -26,7 +26,14 @@ from wsclient import (
     RemoteError,
 )
 
-from .test_client_layers import Outcome, make_client, read, read_until_marker, refuse, reply
+from .test_client_layers import (
+    Outcome,
+    make_client,
+    read,
+    read_until_marker,
+    refuse_reauthentication,
+    reply,
+)
 from .test_reconnect import Server
 
 pytestmark = pytest.mark.anyio
@@ -191,7 +198,7 @@ async def test_a_closed_subscription_cannot_be_opened() -> None:
             with pytest.raises(InvalidState):
                 await sub
         finally:
-            # Today the channel is held by a subscriber whose state is UNSUBSCRIBED.
+            # Reopening it must not leave the channel held by a closed subscriber.
             assert client.statistics().channels.channels == 0
 
 
@@ -267,14 +274,7 @@ async def test_session_receive_does_not_erase_the_cause_of_the_clients_failure()
     async with make_client(server) as client, anyio.create_task_group() as group:
         session = client.session("s1")
         await session.aclose()
-        outcome = Outcome()
-        group.start_soon(outcome.run, client.authenticate("secret"))
-        await reply(server.end, await read(server.end), "ok")
-        await outcome.wait()
-        server.end.break_link()
-        end = await server.wait_for_connection(2)
-        await refuse(end, await read(end), "token expired")
-        await client.wait_state(C.CLOSED)
+        await refuse_reauthentication(client, server, group)
         with pytest.raises(ReconnectFailed) as before:
             await client.query("x")
         assert isinstance(before.value.__cause__, RemoteError)

@@ -342,18 +342,23 @@ async def test_after_a_reconnect_auth_then_subscriptions_then_the_queue() -> Non
         await news.aclose()
 
 
+async def refuse_reauthentication(client: Client, server: Server, group: Any) -> None:
+    """Authenticate, drop the link, refuse the credentials on the next connection: CLOSED."""
+    outcome = Outcome()
+    group.start_soon(outcome.run, client.authenticate("secret"))
+    await reply(server.end, await read(server.end), "ok")
+    await outcome.wait()
+    server.end.break_link()
+    end = await server.wait_for_connection(2)
+    await refuse(end, await read(end), "token expired")
+    await client.wait_state(C.CLOSED)
+
+
 async def test_refused_reauthentication_gives_up() -> None:
     """If the server refuses the credentials on a reconnect, the client closes with the reason."""
     server = Server()
     async with make_client(server) as client, anyio.create_task_group() as group:
-        outcome = Outcome()
-        group.start_soon(outcome.run, client.authenticate("secret"))
-        await reply(server.end, await read(server.end), "ok")
-        await outcome.wait()
-        server.end.break_link()
-        end = await server.wait_for_connection(2)
-        await refuse(end, await read(end), "token expired")
-        await client.wait_state(C.CLOSED)
+        await refuse_reauthentication(client, server, group)
         with pytest.raises(ReconnectFailed) as caught:
             await client.query("x")
     assert isinstance(caught.value.__cause__, RemoteError)
