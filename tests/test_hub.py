@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
-from wsclient.__main__ import main
+from wsclient._cli import main
 from wsclient.server import Hub, HubError, HubServer, HubStatistics, RequestContext
 
 RECV_TIMEOUT = 5.0  # a bound, never a wait: every reply is expected sooner
@@ -590,7 +590,7 @@ async def test_cli_serve_runs_until_ctrl_c() -> None:
     # Restore the default SIGINT handler: a child started from a background job inherits "ignore".
     code = (
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from wsclient.__main__ import main; raise SystemExit(main(['serve', '--port', '0']))"
+        "from wsclient._cli import main; raise SystemExit(main(['serve', '--port', '0']))"
     )
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root)}
