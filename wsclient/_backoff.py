@@ -1,7 +1,7 @@
 """When to try again: exponential backoff with jitter, attempt and time limits.
 
-:class:`Backoff` is the policy, a frozen value users configure.
-:class:`RetrySchedule` applies it to one outage: it counts the attempts made
+[`Backoff`][wsclient.Backoff] is the policy, a frozen value users configure.
+``RetrySchedule`` applies it to one outage: it counts the attempts made
 since the link was lost and answers "how long until the next one, or give
 up?". The delays and stop conditions are tenacity's strategies; the clock is
 the caller's (``anyio.current_time()``), so a fake clock drives them exactly.
@@ -27,6 +27,7 @@ from ._checks import is_finite_number
 __all__ = ["Backoff", "Jitter"]
 
 Jitter = Literal["full", "equal", "none"]
+"""How a delay of [`Backoff`][wsclient.Backoff] is randomised (see ``Backoff.jitter``)."""
 _JITTERS = ("full", "equal", "none")
 
 
@@ -131,7 +132,7 @@ class RetrySchedule:
     connection that died within ``min_uptime`` counts as one). Attempts made
     before the schedule began (the very first connection failed) are
     ``prior_attempts``: they count toward ``max_attempts``, but the delays
-    still start at ``initial``. Call :meth:`next_delay` before each attempt.
+    still start at ``initial``. Call ``next_delay()`` before each attempt.
     """
 
     def __init__(

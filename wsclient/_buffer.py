@@ -1,8 +1,8 @@
 """Bounded inbound buffers: where messages wait for a consumer that reads them.
 
-The reader task hands every message over with :meth:`InboundBuffer.put_nowait`,
+The reader task hands every message over with ``InboundBuffer.put_nowait()``,
 which never waits: a consumer that falls behind loses messages by its own
-policy (:class:`BufferPolicy`) and never stalls the reader, so replies,
+policy ([`BufferPolicy`][wsclient.BufferPolicy]) and never stalls the reader, so replies,
 heartbeats and the other consumers go on.
 """
 
@@ -21,8 +21,8 @@ __all__ = ["BufferPolicy", "BufferStatistics", "InboundOverflow"]
 
 _T = TypeVar("_T")
 
-#: What a full inbound buffer does with one more message.
 InboundOverflow = Literal["drop_oldest", "drop_newest", "fail"]
+"""What a full inbound buffer does with one more message."""
 _OVERFLOWS: tuple[str, ...] = get_args(InboundOverflow)
 
 
@@ -34,7 +34,7 @@ class BufferPolicy:
         max_messages: messages held for the consumer (default 1024).
         overflow: ``"drop_oldest"`` (default: the newest data wins, as for
             prices), ``"drop_newest"`` (keep what is there), or ``"fail"``
-            (the consumer gets what was buffered, then :class:`~wsclient.QueueFull`:
+            (the consumer gets what was buffered, then [`QueueFull`][wsclient.QueueFull]:
             for streams where a gap must not go unnoticed). Drops are counted.
     """
 
@@ -52,16 +52,19 @@ class BufferPolicy:
 class BufferStatistics:
     """Counters of one consumer's buffer."""
 
-    received: int  # handed to the buffer, dropped ones included
-    pending: int  # waiting to be read now
-    dropped: int  # lost to the overflow policy
+    received: int
+    """Handed to the buffer, dropped ones included."""
+    pending: int
+    """Waiting to be read now."""
+    dropped: int
+    """Lost to the overflow policy."""
 
 
 class InboundBuffer(Generic[_T]):
     """A FIFO the reader fills without waiting and one or more tasks drain.
 
-    :meth:`close` ends it: readers drain what is left, then :meth:`get`
-    raises the error given to close, or :class:`anyio.EndOfStream`.
+    ``close()`` ends it: readers drain what is left, then ``get()``
+    raises the error given to close, or ``anyio.EndOfStream``.
     """
 
     __slots__ = (

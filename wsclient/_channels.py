@@ -4,7 +4,7 @@ Local subscribers to one channel share one server subscription: the first
 sends ``subscribe``, the last to leave sends ``unsubscribe`` (a reference
 count). Every live channel is subscribed again after a reconnect, from an
 ``on_connect`` hook, so before the queued messages flush. Each subscriber
-has its own bounded buffer (:class:`~wsclient.BufferPolicy`), or a callback,
+has its own bounded buffer ([`BufferPolicy`][wsclient.BufferPolicy]), or a callback,
 so a slow consumer loses its own messages and never stalls the others.
 """
 
@@ -27,41 +27,57 @@ __all__ = ["ChannelStatistics", "Subscription", "SubscriptionState", "Subscripti
 
 logger = logging.getLogger("wsclient.channels")
 
-#: A callback subscriber: called with each delivery's data, in the reader task.
+# A callback subscriber: called with each delivery's data, in the reader task.
 DeliveryCallback = Callable[[Any], None]
 
 
 class SubscriptionState(enum.Enum):
     """Where a subscription is in its life."""
 
-    SUBSCRIBING = "subscribing"  # asked for (or waiting for a connection), not confirmed yet
-    SUBSCRIBED = "subscribed"  # confirmed by the server
-    UNSUBSCRIBED = "unsubscribed"  # closed by us, or the client closed
-    FAILED = "failed"  # refused by the server, or fell behind under overflow="fail"
+    SUBSCRIBING = "subscribing"
+    """Asked for (or waiting for a connection), not confirmed yet."""
+    SUBSCRIBED = "subscribed"
+    """Confirmed by the server."""
+    UNSUBSCRIBED = "unsubscribed"
+    """Closed by us, or the client closed."""
+    FAILED = "failed"
+    """Refused by the server, or fell behind under ``overflow="fail"``."""
 
 
 @dataclass(frozen=True)
 class SubscriptionStatistics:
-    """Counters of one :class:`Subscription`."""
+    """Counters of one [`Subscription`][wsclient.Subscription]."""
 
     state: SubscriptionState
-    received: int  # deliveries handed to it
-    pending: int  # buffered, not read yet
-    dropped: int  # lost to its buffer's overflow policy
+    """Where the subscription is in its life."""
+    received: int
+    """Deliveries handed to it."""
+    pending: int
+    """Buffered, not read yet."""
+    dropped: int
+    """Lost to its buffer's overflow policy."""
 
 
 @dataclass(frozen=True)
 class ChannelStatistics:
     """Counters of a client's channel registry."""
 
-    channels: int  # server subscriptions held now
-    subscriptions: int  # local subscribers now
-    by_state: dict[SubscriptionState, int]  # local subscribers per state
-    deliveries: int  # channel messages received for a subscribed channel
-    dropped: int  # deliveries lost to subscribers' overflow policies
+    channels: int
+    """Server subscriptions held now."""
+    subscriptions: int
+    """Local subscribers now."""
+    by_state: dict[SubscriptionState, int]
+    """Local subscribers per state."""
+    deliveries: int
+    """Channel messages received for a subscribed channel."""
+    dropped: int
+    """Deliveries lost to subscribers' overflow policies."""
     confirmations: int
-    resubscribes: int  # subscribe messages sent again after a reconnect
-    callback_errors: int  # exceptions raised by callback subscribers
+    """Confirmations and refusals received."""
+    resubscribes: int
+    """Subscribe messages sent again after a reconnect."""
+    callback_errors: int
+    """Exceptions raised by callback subscribers."""
 
 
 class ChannelHost(Protocol):
@@ -429,8 +445,8 @@ class ChannelRegistry:
 class Subscription:
     """One local subscriber to a channel: ``async with client.subscribe("prices") as sub``.
 
-    Read deliveries with ``async for data in sub`` or :meth:`receive`, or
-    give ``callback=`` to have each one handed over as it arrives. Opening
+    Read deliveries with ``async for data in sub`` or [`receive()`][wsclient.Subscription.receive],
+    or give ``callback=`` to have each one handed over as it arrives. Opening
     it (``async with`` or ``await``) sends ``subscribe`` if no other local
     subscriber holds the channel; closing it sends ``unsubscribe`` if it was
     the last. It survives reconnects: the client subscribes again.
@@ -448,7 +464,9 @@ class Subscription:
         self._registry = registry
         self._check = check
         self.channel = channel
+        """The channel's name."""
         self.origin = origin
+        """The id of the session that subscribed; None for the client itself."""
         self._callback = callback
         self._buffer: InboundBuffer[Any] | None = (
             None
@@ -511,9 +529,9 @@ class Subscription:
         """Wait until the server confirmed the subscription.
 
         ``timeout`` defaults to the client's ``request_timeout``; raises
-        :class:`~wsclient.RequestTimeout` then. Raises the server's
-        :class:`~wsclient.RemoteError` if it refused, and
-        :class:`~wsclient.InvalidState` if the subscription is closed.
+        [`RequestTimeout`][wsclient.RequestTimeout] then. Raises the server's
+        [`RemoteError`][wsclient.RemoteError] if it refused, and
+        [`InvalidState`][wsclient.InvalidState] if the subscription is closed.
         """
         limit = self._registry._host.request_timeout if timeout is None else check_timeout(timeout)
         with anyio.move_on_after(limit):

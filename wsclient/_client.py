@@ -1,6 +1,6 @@
 """The Client: every layer behind one object, ``async with wsclient.connect(url)``.
 
-It composes a :class:`~wsclient.ReconnectingTransport` (backoff, heartbeat,
+It composes a [`ReconnectingTransport`][wsclient.ReconnectingTransport] (backoff, heartbeat,
 outbound queue) with the correlator, the channel registry and the sessions.
 Inbound messages are dispatched in the connection's reader task, through the
 dialect, with no hop: replies wake their requests, deliveries fill their
@@ -55,34 +55,43 @@ MessageCallback = Callable[[Any], None]
 
 @dataclass(frozen=True)
 class ClientStatistics:
-    """A snapshot of a :class:`Client`, layer by layer."""
+    """A snapshot of a [`Client`][wsclient.Client], layer by layer."""
 
     state: ConnectionState
-    connection: ConnectionStatistics  # reconnects, heartbeat, last RTT, the outbound queue
-    requests: RequestStatistics  # pending, timeouts, remote errors, lost, resent
-    channels: ChannelStatistics  # subscriptions by state, deliveries, drops
-    messages: BufferStatistics  # the client's own unhandled messages
-    sessions: int  # sessions open now
-    unknown_origin: int  # messages addressed (``from``) to no open session: given to the client
-    invalid_messages: int  # inbound messages that could not be decoded or routed
-    errors: int  # errors reported to on_error
+    """The connection's state."""
+    connection: ConnectionStatistics
+    """The connection: attempts, reconnects, heartbeat, last RTT, the outbound queue."""
+    requests: RequestStatistics
+    """The requests: pending, timeouts, remote errors, lost, resent."""
+    channels: ChannelStatistics
+    """The channels: subscriptions by state, deliveries, drops."""
+    messages: BufferStatistics
+    """The buffer of the client's own unhandled messages."""
+    sessions: int
+    """Sessions open now."""
+    unknown_origin: int
+    """Messages addressed (``from``) to no open session: given to the client."""
+    invalid_messages: int
+    """Inbound messages that could not be decoded or routed."""
+    errors: int
+    """Errors reported to ``on_error``."""
 
 
 class Client(Endpoint):
     """A WebSocket client: requests, channels and sessions over one resilient connection.
 
-    Make it with :func:`connect` (or ``Client(url, ...)``) and use it as an
-    async context manager; leaving the context (or :meth:`aclose`) flushes
+    Make it with [`connect()`][wsclient.connect] (or ``Client(url, ...)``) and use it as an
+    async context manager; leaving the context (or [`aclose()`][wsclient.Client.aclose]) flushes
     the queue, closes the connection and fails whatever still waits.
 
     Args:
         url: a ``ws://`` or ``wss://`` URL, or an async callable returning a
-            connected :class:`~wsclient.Transport` (tests use a
-            :class:`~wsclient.testing.MemoryTransport`); the transport options
+            connected [`Transport`][wsclient.Transport] (tests use a
+            [`MemoryTransport`][wsclient.testing.MemoryTransport]); the transport options
             below (``headers`` to ``open_timeout``) then belong to the callable.
         dialect: the shape of the server's messages (default
-            :class:`~wsclient.DefaultDialect`).
-        codec: how messages are serialised (default :class:`~wsclient.JsonCodec`).
+            [`DefaultDialect`][wsclient.DefaultDialect]).
+        codec: how messages are serialised (default [`JsonCodec`][wsclient.JsonCodec]).
         backoff: delays between reconnection attempts (default ``Backoff()``).
         reconnect: False never reconnects: the client closes when the
             connection drops.
@@ -91,7 +100,7 @@ class Client(Endpoint):
         queue: bounds and overflow policy of the outbound queue.
         request_timeout: seconds a request waits for its reply (default 10,
             as in the seeds); also bounds re-authentication and
-            :meth:`Subscription.confirmed <wsclient.Subscription.confirmed>`.
+            [`Subscription.confirmed()`][wsclient.Subscription.confirmed].
         in_flight: ``"fail"`` (default) or ``"resend"``: requests in flight
             when the connection drops (overridable per request).
         headers: extra handshake headers (or a callable returning them, called
@@ -101,7 +110,7 @@ class Client(Endpoint):
         max_size: largest inbound message in bytes (default 1 MiB; None: no limit).
         compression: ``"deflate"`` (default) or None.
         open_timeout: seconds to open a connection.
-        close_timeout: seconds :meth:`aclose` may spend flushing and closing.
+        close_timeout: seconds [`aclose()`][wsclient.Client.aclose] may spend flushing and closing.
         retry_first_connect: retry the first connection too, instead of
             raising its error from ``async with``.
         should_retry: overrides the retry decision (see ReconnectingTransport).
@@ -265,9 +274,9 @@ class Client(Endpoint):
     def on_error(self, callback: ErrorCallback) -> ErrorCallback:
         """Call ``callback(error)`` for what goes wrong without failing a call.
 
-        Malformed or unroutable inbound messages (:class:`~wsclient.ProtocolError`),
+        Malformed or unroutable inbound messages ([`ProtocolError`][wsclient.ProtocolError]),
         the server's system errors and refused subscriptions
-        (:class:`~wsclient.RemoteError`), and exceptions raised by
+        ([`RemoteError`][wsclient.RemoteError]), and exceptions raised by
         subscription callbacks. (Exceptions of the event callbacks themselves
         are only logged.)
         """
@@ -318,8 +327,8 @@ class Client(Endpoint):
         Once accepted, the credentials are sent again after every reconnect,
         before anything else, and the connection opens only when the server
         accepts them. If it then refuses, the client gives up
-        (:class:`~wsclient.ReconnectFailed` caused by the
-        :class:`~wsclient.RemoteError`). Credentials never appear in logs or reprs.
+        ([`ReconnectFailed`][wsclient.ReconnectFailed] caused by the
+        [`RemoteError`][wsclient.RemoteError]). Credentials never appear in logs or reprs.
         """
         kind, payload = self.dialect.authenticate(credentials)
         result = await self._request(kind, payload, timeout, "fail", None)
@@ -328,7 +337,7 @@ class Client(Endpoint):
         return result
 
     def session(self, session_id: str | None = None) -> Session:
-        """A new :class:`~wsclient.Session` on this client's connection (id: a fresh UUID)."""
+        """A new [`Session`][wsclient.Session] on this client's connection (id: a fresh UUID)."""
         if self._rt.state is ConnectionState.CLOSED:
             raise self._closed_reason()
         return self._mux.new(session_id)
@@ -556,9 +565,10 @@ class Client(Endpoint):
 
 
 def connect(url: str | Callable[[], Awaitable[Transport]], **options: Any) -> Client:
-    """A :class:`Client` for ``url``, to use as ``async with wsclient.connect(url) as client``.
+    """A [`Client`][wsclient.Client] for ``url``, to use as
+    ``async with wsclient.connect(url) as client``.
 
-    Options are keyword-only and documented on :class:`Client`. The
+    Options are keyword-only and documented on [`Client`][wsclient.Client]. The
     connection opens on entering the context; an invalid URL or option
     raises here.
     """

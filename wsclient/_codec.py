@@ -2,7 +2,7 @@
 
 A codec is the only place that serialises: upper layers hand it Python values
 and the transport sends what it returns. ``encode`` may return ``bytes`` meant
-for a *text* frame (orjson produces UTF-8 bytes); :attr:`Codec.text` says which
+for a *text* frame (orjson produces UTF-8 bytes); ``Codec.text`` says which
 frame type its output belongs in, so no layer re-encodes to ``str`` on the way.
 """
 
@@ -21,8 +21,8 @@ __all__ = ["Codec", "JsonCodec", "RawCodec"]
 class Codec(ABC):
     """Encode outgoing values to frame payloads and decode incoming ones."""
 
-    #: True when :meth:`encode` output goes in a text frame (it is UTF-8).
     text: bool = True
+    """True when [`encode()`][wsclient.Codec.encode] output goes in a text frame (it is UTF-8)."""
 
     @abstractmethod
     def encode(self, value: Any) -> str | bytes:
@@ -30,7 +30,8 @@ class Codec(ABC):
 
     @abstractmethod
     def decode(self, data: str | bytes) -> Any:
-        """Parse a received frame payload; raise :class:`ProtocolError` on bad input."""
+        """Parse a received frame payload; raise [`ProtocolError`][wsclient.ProtocolError] on bad
+        input."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -40,7 +41,7 @@ class JsonCodec(Codec):
     """JSON through orjson: ``encode`` returns UTF-8 bytes for a text frame.
 
     Both text and binary frames are decoded as JSON, since servers differ in
-    which they use. ``option`` is passed to :func:`orjson.dumps` (for example
+    which they use. ``option`` is passed to ``orjson.dumps()`` (for example
     ``orjson.OPT_NON_STR_KEYS``).
     """
 

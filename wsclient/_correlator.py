@@ -1,15 +1,15 @@
 """The correlator: matches replies to requests by id.
 
-Each request gets a :class:`Waiter` keyed by a fresh integer id. The reader
+Each request gets a ``Waiter`` keyed by a fresh integer id. The reader
 resolves it with the reply (or the server's error, raised as
-:class:`~wsclient.RemoteError`); the asking task waits with a timeout (a
-cancel scope, :class:`~wsclient.RequestTimeout`). Whatever ends the wait
+[`RemoteError`][wsclient.RemoteError]); the asking task waits with a timeout (a
+cancel scope, [`RequestTimeout`][wsclient.RequestTimeout]). Whatever ends the wait
 (reply, timeout, cancellation, close) removes the waiter, so none outlives
 its request or the client.
 
 When a connection drops, the requests *in flight* on it (handed to it, as
-opposed to still queued) follow their policy (:data:`InFlight`): ``fail``
-raises :class:`~wsclient.ConnectionLost` at once; ``resend`` sends them again
+opposed to still queued) follow their policy ([`InFlight`][wsclient.InFlight]): ``fail``
+raises [`ConnectionLost`][wsclient.ConnectionLost] at once; ``resend`` sends them again
 on the next connection, for idempotent requests only.
 """
 
@@ -27,8 +27,8 @@ from ._exceptions import ConnectionLost, QueueFull, RequestTimeout
 
 __all__ = ["InFlight", "RequestStatistics"]
 
-#: What happens to a request in flight when its connection drops.
 InFlight = Literal["fail", "resend"]
+"""What happens to a request in flight when its connection drops."""
 IN_FLIGHT_POLICIES: tuple[str, ...] = get_args(InFlight)
 
 
@@ -36,16 +36,26 @@ IN_FLIGHT_POLICIES: tuple[str, ...] = get_args(InFlight)
 class RequestStatistics:
     """Counters of the requests of one client."""
 
-    pending: int  # waiting for a reply now
-    sent: int  # requests made
-    replies: int  # answered with a result
-    remote_errors: int  # answered with an error
-    timeouts: int  # no reply in time
-    cancelled: int  # the caller stopped waiting
-    lost: int  # failed with ConnectionLost
-    dropped: int  # refused or dropped by the outbound queue (QueueFull): never sent
-    resent: int  # sent again after a reconnect
-    unknown_replies: int  # replies to no pending request (late, or not ours)
+    pending: int
+    """Waiting for a reply now."""
+    sent: int
+    """Requests made."""
+    replies: int
+    """Answered with a result."""
+    remote_errors: int
+    """Answered with an error."""
+    timeouts: int
+    """No reply in time."""
+    cancelled: int
+    """The caller stopped waiting."""
+    lost: int
+    """Failed with [`ConnectionLost`][wsclient.ConnectionLost]."""
+    dropped: int
+    """Refused or dropped by the outbound queue, so never sent: failed with ``QueueFull``."""
+    resent: int
+    """Sent again after a reconnect."""
+    unknown_replies: int
+    """Replies to no pending request (late, or not ours)."""
 
 
 class Waiter:
@@ -102,7 +112,7 @@ class Waiter:
             self._event.set()
 
     async def wait(self) -> Any:
-        """The result, or raise the error; waits until :attr:`done`."""
+        """The result, or raise the error; waits until ``done``."""
         if not self.done:
             self._event = anyio.Event()
             await self._event.wait()
@@ -145,7 +155,7 @@ class Correlator:
         return sum(1 for waiter in self._waiters.values() if waiter.origin == origin)
 
     def open(self, *, origin: Any = None, policy: InFlight = "fail", payload: Any = None) -> Waiter:
-        """Register a new request and return its waiter (with its fresh :attr:`Waiter.id`)."""
+        """Register a new request and return its waiter (with its fresh ``Waiter.id``)."""
         if self._closed is not None:
             raise self._closed.with_traceback(None)
         waiter = Waiter(next(self._ids), origin=origin, policy=policy, payload=payload)
@@ -162,8 +172,8 @@ class Correlator:
     async def wait(self, waiter: Waiter, within: float) -> Any:
         """Wait for ``waiter``'s outcome for at most ``within`` seconds, then forget it.
 
-        Raises :class:`~wsclient.RequestTimeout`, the server's
-        :class:`~wsclient.RemoteError`, or :class:`~wsclient.ConnectionLost`.
+        Raises [`RequestTimeout`][wsclient.RequestTimeout], the server's
+        [`RemoteError`][wsclient.RemoteError], or [`ConnectionLost`][wsclient.ConnectionLost].
         Cancelling the wait removes the waiter.
         """
         try:

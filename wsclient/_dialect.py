@@ -1,9 +1,10 @@
 """Dialects: the one place that knows what wire messages look like.
 
-A dialect works on decoded values (what the :class:`~wsclient.Codec` returns),
+A dialect works on decoded values (what the [`Codec`][wsclient.Codec] returns),
 in both directions. Outbound, it frames requests, events, subscribe,
-unsubscribe, publish and the application-level ping. Inbound, :meth:`Dialect.route`
-looks at one message and says where it goes, as an :class:`Inbound`:
+unsubscribe, publish and the application-level ping. Inbound,
+[`Dialect.route()`][wsclient.Dialect.route] looks at one message and says where it goes, as an
+[`Inbound`][wsclient.Inbound]:
 
 ========== ==================================================================
 REPLY      the answer to a request: ``request_id``, then ``result`` or ``error``
@@ -37,17 +38,26 @@ __all__ = ["DefaultDialect", "Dialect", "Inbound", "Route"]
 
 
 class Route(enum.Enum):
-    """Where an inbound message goes; see :class:`Inbound`."""
+    """Where an inbound message goes; see [`Inbound`][wsclient.Inbound]."""
 
     REPLY = "reply"
+    """The reply to a request: ``request_id``, and ``result`` or ``error``."""
     DELIVERY = "delivery"
+    """A channel's data for its subscribers: ``channel``, ``result``."""
     CONFIRM = "confirm"
+    """A subscription confirmed, or refused with ``error``: ``channel``."""
     ACK = "ack"
+    """An acknowledgement, of an unsubscribe say: ``channel``, ``error`` if the server objected."""
     HEARTBEAT = "heartbeat"
+    """The answer to the application-level ping: ``error`` if the server objected."""
     SYSTEM = "system"
+    """A notice from the server: ``result``, or ``error`` for an error notice."""
     OTHER = "other"
+    """Anything else: an unhandled message, for ``origin`` (None: everyone)."""
     BATCH = "batch"
+    """Several messages in one: ``items``, an ``Inbound`` per message."""
     INVALID = "invalid"
+    """A message the dialect cannot make sense of: ``problem`` says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,16 +96,18 @@ class Dialect(ABC):
     Methods that frame return a value for the codec to encode (a dict for
     JSON). ``origin`` is the sending session's id, to carry in the message
     so that the server can address its answer (None: the client itself).
-    :meth:`query`, :meth:`command` and :meth:`authenticate` return the
-    ``(kind, payload)`` of a request for :meth:`request`; their defaults follow
-    the seeds' protocol.
+    [`query()`][wsclient.Dialect.query], [`command()`][wsclient.Dialect.command] and
+    [`authenticate()`][wsclient.Dialect.authenticate] return the ``(kind, payload)`` of a request
+    for [`request()`][wsclient.Dialect.request]; their defaults follow the seeds' protocol.
+    Request ids the client makes are ints from 1 up; a dialect may use other
+    ids (strings, say) for its own messages without colliding.
     """
 
-    #: Whether the server confirms subscriptions (CONFIRM). If not, a
-    #: subscription counts as confirmed once its message is sent. Request
-    #: ids the client makes are ints from 1 up; a dialect may use other ids
-    #: (strings, say) for its own messages without colliding.
     confirms_subscriptions: bool = True
+    """Whether the server confirms subscriptions (CONFIRM).
+
+    If not, a subscription counts as confirmed once its message is sent.
+    """
 
     @abstractmethod
     def request(self, request_id: int, kind: str, payload: Any, *, origin: Any = None) -> Any:
@@ -163,6 +175,7 @@ class DefaultDialect(Dialect):
     """
 
     SYSTEM_CHANNEL = "system"
+    """The channel that carries the server's confirmations and error notices."""
 
     def request(self, request_id: int, kind: str, payload: Any, *, origin: Any = None) -> Any:
         message = {"id": request_id, "type": kind, "timestamp": _now_ms(), "payload": payload}

@@ -1,4 +1,4 @@
-"""The messaging API a :class:`~wsclient.Client` and its sessions share.
+"""The messaging API a [`Client`][wsclient.Client] and its sessions share.
 
 An endpoint is a client, or one session on a client's shared connection
 (its ``origin``, the session id, rides along in what it sends). Everything
@@ -61,7 +61,7 @@ class Endpoint:
                 the client's ``request_timeout``; ``math.inf`` waits as long as
                 the connection lives).
             in_flight: what happens if the connection drops while the request
-                is in flight: ``"fail"`` raises :class:`~wsclient.ConnectionLost`
+                is in flight: ``"fail"`` raises [`ConnectionLost`][wsclient.ConnectionLost]
                 at once, ``"resend"`` sends it again after the reconnect (for
                 idempotent requests only). Default: the client's ``in_flight``.
 
@@ -82,7 +82,8 @@ class Endpoint:
         timeout: float | None = None,  # noqa: ASYNC109
         in_flight: InFlight | None = None,
     ) -> Any:
-        """Ask for ``resource``; returns the reply's payload (see :meth:`request`)."""
+        """Ask for ``resource``; returns the reply's payload (see
+        [`request()`][wsclient.Client.request])."""
         self._check_usable()
         kind, payload = self._client.dialect.query(resource, parameters)
         return await self._client._request(kind, payload, timeout, in_flight, self._origin)
@@ -95,7 +96,8 @@ class Endpoint:
         timeout: float | None = None,  # noqa: ASYNC109
         in_flight: InFlight | None = None,
     ) -> Any:
-        """Have the server do ``action``; returns the reply's payload (see :meth:`request`).
+        """Have the server do ``action``; returns the reply's payload (see
+        [`request()`][wsclient.Client.request]).
 
         Commands are rarely idempotent: leave ``in_flight`` at ``"fail"``
         unless the server deduplicates them.

@@ -1,25 +1,27 @@
 """The exceptions wsclient raises.
 
-Every error is a :class:`WSClientError`; foreign errors (``OSError``, ``ssl``,
+Every error is a [`WSClientError`][wsclient.WSClientError]; foreign errors (``OSError``, ``ssl``,
 ``websockets``, anyio) are translated once, at the transport boundary, and
-chained with ``raise ... from original`` so the cause stays visible::
+chained with ``raise ... from original`` so the cause stays visible:
 
-    WSClientError
-    ├── InvalidURL                    (also a ValueError)
-    ├── ConnectError                  refused, DNS, TLS, handshake rejected (.status, .retry_after)
-    │   └── ConnectTimeout            the opening handshake took too long
-    ├── ConnectionClosed              (.code, .reason, .sent_code)
-    │   ├── ConnectionClosedOK        both sides closed with 1000, 1001 or no status (1005)
-    │   └── ConnectionClosedError     anything else: abrupt death, protocol error...
-    │       ├── MessageTooBig         a message exceeded a size limit (close code 1009)
-    │       └── HeartbeatTimeout      the server stopped answering: a zombie connection
-    ├── ReconnectFailed               reconnecting gave up (.last_error, .attempts)
-    ├── ConnectionLost                the connection dropped while a request was in flight
-    ├── RequestTimeout                no reply within the request's timeout (also a TimeoutError)
-    ├── RemoteError                   the server answered with an error (.code, .data, .request_id)
-    ├── QueueFull                     a queue or buffer has no room for a message
-    ├── ProtocolError                 the peer broke the WebSocket or message protocol
-    └── InvalidState                  the operation is not allowed in the current state
+```text
+WSClientError
+├── InvalidURL                    (also a ValueError)
+├── ConnectError                  refused, DNS, TLS, handshake rejected (.status, .retry_after)
+│   └── ConnectTimeout            the opening handshake took too long
+├── ConnectionClosed              (.code, .reason, .sent_code)
+│   ├── ConnectionClosedOK        both sides closed with 1000, 1001 or no status (1005)
+│   └── ConnectionClosedError     anything else: abrupt death, protocol error...
+│       ├── MessageTooBig         a message exceeded a size limit (close code 1009)
+│       └── HeartbeatTimeout      the server stopped answering: a zombie connection
+├── ReconnectFailed               reconnecting gave up (.last_error, .attempts)
+├── ConnectionLost                the connection dropped while a request was in flight
+├── RequestTimeout                no reply within the request's timeout (also a TimeoutError)
+├── RemoteError                   the server answered with an error (.code, .data, .request_id)
+├── QueueFull                     a queue or buffer has no room for a message
+├── ProtocolError                 the peer broke the WebSocket or message protocol
+└── InvalidState                  the operation is not allowed in the current state
+```
 
 Messages never contain secrets: URLs are shown without their password and
 query string, and headers are never shown.
@@ -213,7 +215,7 @@ class InvalidState(WSClientError):
 def closed_error(
     code: int, reason: str, *, sent_code: int | None = None, message: str | None = None
 ) -> ConnectionClosed:
-    """Build the right :class:`ConnectionClosed` subclass for a close code pair."""
+    """Build the right ``ConnectionClosed`` subclass for a close code pair."""
     cls: type[ConnectionClosed]
     if code == 1009 or sent_code == 1009:
         cls = MessageTooBig

@@ -1,22 +1,25 @@
-"""A fault-injecting TCP proxy for tests: :class:`FaultProxy`.
+"""A fault-injecting TCP proxy for tests: [`FaultProxy`][wsclient.testing.FaultProxy].
 
 The proxy listens on a local port and relays each client connection to its
 own connection to ``upstream``. Tests command it at run time to break the
-path between a client and a real server the way networks break::
+path between a client and a real server the way networks break:
 
-    async with FaultProxy(("127.0.0.1", server_port)) as proxy:
-        client = await connect(proxy.url("/ws"))
-        proxy.blackhole()       # a zombie path: open sockets, no bytes
-        proxy.restore()         # held bytes flow again, in order
-        proxy.latency(0.5)      # every chunk waits half a second, both ways
-        proxy.cut()             # reset every connection (TCP RST)
-        await proxy.refuse()    # the port refuses new connections...
-        await proxy.accept()    # ...and accepts them again, on the same port
-        proxy.limit_bytes(100)  # reset each connection after 100 more bytes
+```python
+async with FaultProxy(("127.0.0.1", server_port)) as proxy:
+    client = await connect(proxy.url("/ws"))
+    proxy.blackhole()       # a zombie path: open sockets, no bytes
+    proxy.restore()         # held bytes flow again, in order
+    proxy.latency(0.5)      # every chunk waits half a second, both ways
+    proxy.cut()             # reset every connection (TCP RST)
+    await proxy.refuse()    # the port refuses new connections...
+    await proxy.accept()    # ...and accepts them again, on the same port
+    proxy.limit_bytes(100)  # reset each connection after 100 more bytes
+```
 
 It runs in the caller's event loop (asyncio or trio) inside its own task
-group, entered by :meth:`FaultProxy.start` and left by
-:meth:`FaultProxy.aclose`; nothing runs in threads or outside that group.
+group, entered by [`FaultProxy.start()`][wsclient.testing.FaultProxy.start] and left by
+[`FaultProxy.aclose()`][wsclient.testing.FaultProxy.aclose]; nothing runs in threads or outside that
+group.
 
 Each connection has two directions; each direction is a reader task that
 stamps every chunk with the time it is due (now plus the latency) and a
@@ -63,10 +66,10 @@ class _State(enum.Enum):
 
 @dataclass(frozen=True)
 class FaultProxyStatistics:
-    """A snapshot of a :class:`FaultProxy`'s counters.
+    """A snapshot of a [`FaultProxy`][wsclient.testing.FaultProxy]'s counters.
 
-    Connections the kernel refuses while :meth:`FaultProxy.refuse` is in force
-    never reach the proxy, so they are not counted.
+    Connections the kernel refuses while [`FaultProxy.refuse()`][wsclient.testing.FaultProxy.refuse]
+    is in force never reach the proxy, so they are not counted.
     """
 
     connections_accepted: int
@@ -76,7 +79,8 @@ class FaultProxyStatistics:
     upstream_failures: int
     """Accepted client connections reset because connecting to the upstream failed."""
     cuts: int
-    """Connections reset by :meth:`FaultProxy.cut` or by a byte limit."""
+    """Connections reset by [`FaultProxy.cut()`][wsclient.testing.FaultProxy.cut] or by a byte
+    limit."""
     bytes_upstream: int
     """Bytes forwarded from clients to the upstream."""
     bytes_downstream: int
@@ -117,21 +121,27 @@ class FaultProxy:
 
     Args:
         upstream: ``(host, port)`` of the server each client connection is
-            relayed to; see :attr:`upstream`.
+            relayed to; see [`upstream`][wsclient.testing.FaultProxy.upstream].
         host: the address to listen on.
-        port: the port to listen on; 0 lets the OS choose one (see :attr:`port`).
+        port: the port to listen on; 0 lets the OS choose one (see
+            [`port`][wsclient.testing.FaultProxy.port]).
 
-    Use it as an async context manager, or call :meth:`start` and
-    :meth:`aclose` from the same task. Its tasks run in a task group entered
-    by :meth:`start`, in the caller's event loop.
+    Use it as an async context manager, or call [`start()`][wsclient.testing.FaultProxy.start] and
+    [`aclose()`][wsclient.testing.FaultProxy.aclose] from the same task. Its tasks run in a task
+    group entered by [`start()`][wsclient.testing.FaultProxy.start], in the caller's event loop.
 
     Faults apply to every connection, current and future, until undone:
-    :meth:`blackhole` / :meth:`restore`, :meth:`latency`, :meth:`refuse` /
-    :meth:`accept` and :meth:`limit_bytes`; :meth:`cut` acts once, on the
-    connections open at the time. Only :meth:`refuse` and :meth:`accept` are
-    coroutines, because they close and reopen the listening socket: when they
-    return, the port refuses, or accepts, connections. The other commands take
-    effect at once, without waiting.
+    [`blackhole()`][wsclient.testing.FaultProxy.blackhole] /
+    [`restore()`][wsclient.testing.FaultProxy.restore],
+    [`latency()`][wsclient.testing.FaultProxy.latency],
+    [`refuse()`][wsclient.testing.FaultProxy.refuse] /
+    [`accept()`][wsclient.testing.FaultProxy.accept] and
+    [`limit_bytes()`][wsclient.testing.FaultProxy.limit_bytes];
+    [`cut()`][wsclient.testing.FaultProxy.cut] acts once, on the connections open at the time. Only
+    [`refuse()`][wsclient.testing.FaultProxy.refuse] and
+    [`accept()`][wsclient.testing.FaultProxy.accept] are coroutines, because they close and reopen
+    the listening socket: when they return, the port refuses, or accepts, connections. The other
+    commands take effect at once, without waiting.
 
     When either side of a connection closes cleanly, the proxy passes the
     end of stream on to the other side and closes both sockets once both
@@ -200,7 +210,8 @@ class FaultProxy:
     # Life cycle
 
     async def start(self) -> None:
-        """Start listening; :attr:`port` is the bound port when this returns.
+        """Start listening; [`port`][wsclient.testing.FaultProxy.port] is the bound port when this
+        returns.
 
         Raises:
             InvalidState: the proxy was already started.
@@ -219,9 +230,10 @@ class FaultProxy:
         """Stop listening and close every connection; idempotent.
 
         Every task is cancelled and every socket closed before this returns;
-        closing cannot hang. Call it from the task that called :meth:`start`,
-        outside any cancel scope entered since: the proxy's task group was
-        entered by :meth:`start` and is left here.
+        closing cannot hang. Call it from the task that called
+        [`start()`][wsclient.testing.FaultProxy.start], outside any cancel scope entered since: the
+        proxy's task group was entered by [`start()`][wsclient.testing.FaultProxy.start] and is left
+        here.
         """
         await self._close(None, None, None)
 
@@ -272,7 +284,8 @@ class FaultProxy:
         return cut
 
     def blackhole(self) -> None:
-        """Stop every byte in both directions, on every connection, until :meth:`restore`.
+        """Stop every byte in both directions, on every connection, until
+        [`restore()`][wsclient.testing.FaultProxy.restore].
 
         Sockets stay open and nothing is lost: the proxy stops reading, so
         bytes wait in the kernel's buffers. New connections are still
@@ -283,7 +296,8 @@ class FaultProxy:
         self._blackholed = True
 
     def restore(self) -> None:
-        """Lift the :meth:`blackhole`: held bytes flow again, in order."""
+        """Lift the [`blackhole()`][wsclient.testing.FaultProxy.blackhole]: held bytes flow again,
+        in order."""
         self._blackholed = False
         if self._flowing is not None:
             self._flowing.set()
@@ -293,7 +307,7 @@ class FaultProxy:
         """Delay every chunk read from now on by ``seconds``, both ways (0 removes the delay).
 
         Chunks keep their order: one is never forwarded before an earlier one,
-        even when the latency drops. The delay is slept with :func:`anyio.sleep_until`,
+        even when the latency drops. The delay is slept with ``anyio.sleep_until()``,
         so a fake clock drives it.
         """
         if not seconds >= 0 or seconds == float("inf"):
@@ -320,7 +334,7 @@ class FaultProxy:
                 await listening.stopped.wait()
 
     async def accept(self) -> None:
-        """Listen again on the same port after :meth:`refuse`.
+        """Listen again on the same port after [`refuse()`][wsclient.testing.FaultProxy.refuse].
 
         When this returns the port accepts connections. Does nothing if it
         already does.
@@ -338,7 +352,7 @@ class FaultProxy:
 
         Both directions count together: current connections from now on, new
         ones from their start. The chunk that reaches the limit is forwarded
-        up to it, then both sides are reset, as with :meth:`cut`.
+        up to it, then both sides are reset, as with [`cut()`][wsclient.testing.FaultProxy.cut].
         """
         if n is not None and n < 0:
             raise ValueError("the byte limit must be None or at least 0")

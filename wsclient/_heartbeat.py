@@ -1,8 +1,8 @@
 """Heartbeat: notice a connection that is open but dead (a zombie).
 
 A NAT that forgot the flow, a server that hung, a cable pulled between two
-routers: the socket stays open and nothing arrives. :class:`Heartbeat` is the
-configuration; :class:`HeartbeatWatch` is the bookkeeping for one connection,
+routers: the socket stays open and nothing arrives. [`Heartbeat`][wsclient.Heartbeat] is the
+configuration; ``HeartbeatWatch`` is the bookkeeping for one connection,
 pure and clock-agnostic, driven by the connection's reader:
 
 * Any inbound byte counts as life: a busy connection is never probed.

@@ -56,7 +56,8 @@ class JsonRpcDialect(Dialect):
 
     Every option is keyword-only and names a method on the server:
 
-    - ``auth_method`` (``"authenticate"``): the method of :meth:`authenticate`.
+    - ``auth_method`` (``"authenticate"``): the method of
+      [`authenticate()`][wsclient.Dialect.authenticate].
     - ``subscribe_method`` (``"subscribe"``), ``unsubscribe_method``
       (``"unsubscribe"``): called with params ``{"channel": channel}``.
     - ``publish_method`` (``"publish"``): a notification with params

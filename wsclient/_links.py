@@ -1,15 +1,15 @@
-"""Byte links: how a :class:`~wsclient.WebSocketTransport` reaches the network.
+"""Byte links: how a [`WebSocketTransport`][wsclient.WebSocketTransport] reaches the network.
 
 The transport owns the Sans-I/O protocol and every decision; a link only moves
 bytes. There are two, chosen by the running event loop:
 
-* :class:`AsyncioLink` is an :class:`asyncio.Protocol`. The loop pushes
+* ``AsyncioLink`` is an ``asyncio.Protocol``. The loop pushes
   received bytes into the transport from ``data_received`` and writes go
   to the asyncio transport: no stream wrapper, no task and no extra loop pass
   per message, which is what makes the asyncio path fast. Data frames sent in
   one burst are written together, in one system call, before the loop next
-  waits for I/O (see :meth:`AsyncioLink.queue`).
-* :class:`StreamLink` runs over any anyio byte stream (trio, or asyncio when a
+  waits for I/O (see ``AsyncioLink.queue()``).
+* ``StreamLink`` runs over any anyio byte stream (trio, or asyncio when a
   stream is all we have). It is pull-based, like httpcore's HTTP/2 connection:
   whichever task needs inbound data (``receive``, ``ping``, ``aclose``) reads
   one chunk and feeds the protocol for everyone, so the link needs no
@@ -86,7 +86,7 @@ class Link(ABC):
     @property
     @abstractmethod
     def backlogged(self) -> bool:
-        """True when queued frames wait for the peer: callers should :meth:`flush`."""
+        """True when queued frames wait for the peer: callers should ``flush()``."""
 
     @abstractmethod
     def queue(self, chunks: list[bytes], *, control: bool) -> None:
@@ -197,7 +197,7 @@ class AsyncioLink(asyncio.Protocol, Link):
         futures.clear()
 
     async def _wait_for_release(self, futures: list[asyncio.Future[None]]) -> None:
-        """Wait until :meth:`_release` is called on ``futures``."""
+        """Wait until ``_release()`` is called on ``futures``."""
         future = self._loop.create_future()
         futures.append(future)
         try:

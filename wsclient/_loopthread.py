@@ -3,7 +3,7 @@
 Servers built on the ``websockets`` asyncio server (the reference Hub, the
 test servers) need an asyncio loop. Code running on trio, or on an asyncio
 loop that must not be blocked, runs them here instead and talks to them
-through :meth:`LoopThread.run`, which any anyio backend can await.
+through ``LoopThread.run()``, which any anyio backend can await.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 
 class LoopThread:
-    """Own an asyncio loop in a daemon thread; start with :meth:`start`, stop with :meth:`stop`."""
+    """Own an asyncio loop in a daemon thread; start with ``start()``, stop with ``stop()``."""
 
     def __init__(self, name: str = "wsclient-loop") -> None:
         self._name = name

@@ -1,6 +1,6 @@
 """Sessions: many logical clients on one shared connection (the SharedWorker pattern).
 
-A :class:`Session` has its own id, carried in what it sends (``from``). The
+A [`Session`][wsclient.Session] has its own id, carried in what it sends (``from``). The
 server copies ``from`` onto its answers, so a message addressed to a session
 goes to that session only; a message with no ``from`` goes to every session
 (and the client). Replies find their request by id, whichever session asked.
@@ -34,23 +34,28 @@ StateCallback = Callable[[StateChange], None]
 
 @dataclass(frozen=True)
 class SessionStatistics:
-    """Counters of one :class:`Session`."""
+    """Counters of one [`Session`][wsclient.Session]."""
 
     id: str
+    """The session's id."""
     closed: bool
+    """Whether the session is closed."""
     pending_requests: int
+    """Its requests waiting for a reply now."""
     subscriptions: int
-    messages: BufferStatistics  # messages addressed to it, or to everyone
+    """Its subscriptions open now."""
+    messages: BufferStatistics
+    """The buffer of its unhandled messages: addressed to it, or to everyone."""
 
 
 class Session(Endpoint):
-    """One logical client on a :class:`~wsclient.Client`'s shared connection.
+    """One logical client on a [`Client`][wsclient.Client]'s shared connection.
 
-    Made by :meth:`Client.session`; use it as an async context manager or
-    close it with :meth:`aclose`. It offers the client's messaging API
+    Made by [`Client.session()`][wsclient.Client.session]; use it as an async context manager or
+    close it with [`aclose()`][wsclient.Session.aclose]. It offers the client's messaging API
     (``request``, ``query``, ``command``, ``publish_event``, ``send``,
-    ``subscribe``, ``publish``, ``async for``), and :meth:`on_state` for the
-    shared connection's state changes. Authentication belongs to the
+    ``subscribe``, ``publish``, ``async for``), and [`on_state()`][wsclient.Session.on_state] for
+    the shared connection's state changes. Authentication belongs to the
     connection: call it on the client.
     """
 
@@ -68,6 +73,7 @@ class Session(Endpoint):
 
     @property
     def closed(self) -> bool:
+        """Whether the session is closed (by ``aclose()``, or with its client)."""
         return self._closed
 
     def _check_usable(self) -> None:

@@ -1,8 +1,8 @@
 """The bounded outbound queue: where messages wait while the link is down.
 
-A pure data structure with no I/O and no tasks. Producers :meth:`~OutboundQueue.put`
+A pure data structure with no I/O and no tasks. Producers ``put()``
 messages; when the link comes back, a flusher takes them out with
-:meth:`~OutboundQueue.pop` in order and writes them. :class:`QueuePolicy` bounds
+``pop()`` in order and writes them. [`QueuePolicy`][wsclient.QueuePolicy] bounds
 the queue by messages and bytes, says what happens when it is full, and how
 long a message may wait.
 
@@ -10,7 +10,7 @@ Delivery guarantee: at most once. A message taken out and written to a socket
 that then dies may be lost unless a layer above acknowledges it; messages
 still in the queue when the link comes back are written in order. Expired
 messages are dropped lazily, at the next put, peek or pop, so ``len()``,
-:attr:`~OutboundQueue.nbytes` and :meth:`~OutboundQueue.statistics` (which
+``nbytes`` and ``statistics()`` (which
 never read the clock) may still count them until then.
 """
 
@@ -30,6 +30,7 @@ from ._exceptions import QueueFull
 __all__ = ["Overflow", "QueuePolicy", "QueueStatistics"]
 
 Overflow = Literal["drop_oldest", "drop_newest", "reject", "block"]
+"""What a full outbound queue does with one more message ([`QueuePolicy`][wsclient.QueuePolicy])."""
 _OVERFLOWS: tuple[str, ...] = get_args(Overflow)
 
 
@@ -44,9 +45,9 @@ class QueuePolicy:
     * ``"drop_oldest"``: evict messages from the head until it fits. The
       default, as in browsers' reconnecting sockets: the newest data matters most.
     * ``"drop_newest"``: keep the queue and drop the new message.
-    * ``"reject"``: raise :class:`~wsclient.QueueFull`.
+    * ``"reject"``: raise [`QueueFull`][wsclient.QueueFull].
     * ``"block"``: ``await put()`` waits for room; ``put_nowait()`` raises
-      :class:`~wsclient.QueueFull`.
+      [`QueueFull`][wsclient.QueueFull].
 
     ``ttl`` is how many seconds a message may wait; older ones are dropped,
     not sent (``None``: no limit).
@@ -74,7 +75,7 @@ class QueuePolicy:
 
 @dataclass(frozen=True)
 class QueueStatistics:
-    """Counters of one :class:`OutboundQueue`, from :meth:`OutboundQueue.statistics`.
+    """Counters of one ``OutboundQueue``, from ``OutboundQueue.statistics()``.
 
     ``queued == messages + sent + dropped_oldest + expired + discarded`` always
     holds: ``dropped_newest`` and ``rejected`` count messages never accepted.
@@ -87,17 +88,17 @@ class QueueStatistics:
     queued: int
     """Messages accepted into the queue, ever."""
     sent: int
-    """Messages taken out by :meth:`OutboundQueue.pop` to be written."""
+    """Messages taken out by ``OutboundQueue.pop()`` to be written."""
     dropped_oldest: int
     """Messages evicted to make room (``drop_oldest``)."""
     dropped_newest: int
     """Messages refused silently (``drop_newest``)."""
     rejected: int
-    """Messages refused with :class:`~wsclient.QueueFull`."""
+    """Messages refused with [`QueueFull`][wsclient.QueueFull]."""
     expired: int
     """Messages dropped because they waited longer than ``ttl``."""
     discarded: int
-    """Messages dropped by :meth:`OutboundQueue.clear`."""
+    """Messages dropped by ``OutboundQueue.clear()``."""
 
 
 class _Putter:
@@ -111,7 +112,7 @@ class _Putter:
 
 
 class OutboundQueue:
-    """A FIFO of ``(data, text)`` messages bounded by a :class:`QueuePolicy`.
+    """A FIFO of ``(data, text)`` messages bounded by a [`QueuePolicy`][wsclient.QueuePolicy].
 
     Not thread-safe: use it from the tasks of one event loop. ``clock`` gives
     the time for ``ttl`` and is read only when ``ttl`` is set; a blocked
@@ -164,10 +165,10 @@ class OutboundQueue:
     def put_nowait(self, data: bytes, text: bool) -> bool:
         """Add a message without waiting; False if ``drop_newest`` dropped it.
 
-        Raises :class:`~wsclient.QueueFull` for a message bigger than
+        Raises [`QueueFull`][wsclient.QueueFull] for a message bigger than
         ``max_bytes``, under ``reject`` and ``block`` when the queue is full,
         and under ``block`` while ``put()`` calls wait (they go first). After
-        :meth:`close`, raises the exception given to it.
+        ``close()``, raises the exception given to it.
         """
         size = len(data)
         self._check_put(size)
@@ -199,8 +200,8 @@ class OutboundQueue:
         Waiting putters get in first come, first served: a later, smaller
         message that would fit sooner does not overtake. Cancelling a waiting
         ``put()`` leaves nothing behind. If the queue is closed meanwhile,
-        raises the exception given to :meth:`close`. Under the other policies
-        this is :meth:`put_nowait`.
+        raises the exception given to ``close()``. Under the other policies
+        this is ``put_nowait()``.
         """
         if self._policy.overflow != "block":
             return self.put_nowait(data, text)
@@ -285,7 +286,7 @@ class OutboundQueue:
         """Refuse further puts: waiting and later ones raise ``exc``.
 
         Idempotent: the first exception stays. Messages already waiting stay
-        too, for the caller to :meth:`pop` or :meth:`clear`.
+        too, for the caller to ``pop()`` or ``clear()``.
         """
         if self._closed is not None:
             return

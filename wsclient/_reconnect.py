@@ -1,13 +1,13 @@
 """The reconnecting transport: one live connection, kept alive across failures.
 
-:class:`ReconnectingTransport` owns a factory of transports and keeps exactly
-one connection open: when it is lost it waits (:class:`~wsclient.Backoff`),
+[`ReconnectingTransport`][wsclient.ReconnectingTransport] owns a factory of transports and keeps
+exactly one connection open: when it is lost it waits ([`Backoff`][wsclient.Backoff]),
 opens a new one, runs the ``on_connect`` hooks (upper layers re-authenticate
 and resubscribe there), then writes what was queued meanwhile, in order.
 
 Per connection it runs one task, the reader: it takes each inbound message
 to the consumer and is also the heartbeat (a cancel-scope deadline, see
-:mod:`wsclient._heartbeat`). A short-lived task runs the hooks and the flush
+``wsclient._heartbeat``). A short-lived task runs the hooks and the flush
 of the outbound queue after each (re)connect. Every task is a child of the
 transport's task group; closing it cancels them all.
 """
@@ -79,11 +79,16 @@ ShouldRetry = Callable[[BaseException], bool | None]
 class ConnectionState(enum.Enum):
     """Where a reconnecting connection is in its life."""
 
-    CONNECTING = "connecting"  # the first connection is being opened
-    OPEN = "open"  # connected, hooks done: messages flow
-    RECONNECTING = "reconnecting"  # lost: waiting for, or making, the next attempt
-    CLOSING = "closing"  # aclose() is flushing and closing
-    CLOSED = "closed"  # final: closed by us, or given up
+    CONNECTING = "connecting"
+    """The first connection is being opened."""
+    OPEN = "open"
+    """Connected, hooks done: messages flow."""
+    RECONNECTING = "reconnecting"
+    """Lost: waiting for, or making, the next attempt."""
+    CLOSING = "closing"
+    """``aclose()`` is flushing the queue and closing."""
+    CLOSED = "closed"
+    """Final: closed by us, or given up."""
 
 
 _C = ConnectionState
@@ -101,7 +106,7 @@ _TRANSITIONS: Mapping[ConnectionState | None, frozenset[ConnectionState]] = {
 
 @dataclass(frozen=True)
 class StateChange:
-    """One transition of a :class:`ReconnectingTransport`'s state.
+    """One transition of a [`ReconnectingTransport`][wsclient.ReconnectingTransport]'s state.
 
     Attributes:
         previous: the state before (None for the very first).
@@ -123,23 +128,39 @@ class StateChange:
 
 @dataclass(frozen=True)
 class ConnectionStatistics:
-    """Counters of a :class:`ReconnectingTransport`, from its ``statistics()``."""
+    """Counters of a [`ReconnectingTransport`][wsclient.ReconnectingTransport], from its
+    ``statistics()``."""
 
     state: ConnectionState
-    attempts: int  # connection attempts made, in total
-    failed_attempts: int  # attempts that failed, or opened and died within min_uptime
-    reconnects: int  # connections opened after the first
+    """The current state."""
+    attempts: int
+    """Connection attempts made, in total."""
+    failed_attempts: int
+    """Attempts that failed, or opened and died within ``min_uptime``."""
+    reconnects: int
+    """Connections opened after the first."""
     last_error: BaseException | None
-    uptime: float | None  # seconds the current connection has been open
+    """The error that ended the last connection or attempt."""
+    uptime: float | None
+    """Seconds the current connection has been open; None while there is none."""
     heartbeat_probes: int
+    """Heartbeat probes sent, in total."""
     heartbeat_timeouts: int
+    """Connections dropped because a probe went unanswered."""
     heartbeat_grace_periods: int
-    last_rtt: float | None  # round trip of the last heartbeat ping answered
-    messages_received: int  # delivered to the consumer, across connections
-    handler_errors: int  # exceptions raised by the message handler
-    live_transports: int  # open transports: never more than one
+    """Extra intervals granted after the process was suspended."""
+    last_rtt: float | None
+    """Round trip of the last heartbeat ping answered."""
+    messages_received: int
+    """Messages delivered to the consumer, across connections."""
+    handler_errors: int
+    """Exceptions raised by the message handler."""
+    live_transports: int
+    """Open transports: never more than one."""
     queue: QueueStatistics
-    transport: TransportStatistics | None  # the current connection's, if any
+    """The outbound queue's counters."""
+    transport: TransportStatistics | None
+    """The current connection's counters; None between connections."""
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -152,7 +173,7 @@ def is_retryable(error: BaseException) -> bool:
     (unauthorized), 3003 (forbidden) and 4000-4999 (the application's own),
     misuse of the API (``InvalidState``, ``QueueFull`` raised in a hook) and
     errors that are not network errors at all (a bug in a hook), and a
-    :class:`~wsclient.RemoteError` from a hook (the server refused to
+    [`RemoteError`][wsclient.RemoteError] from a hook (the server refused to
     re-authenticate us).
     """
     if isinstance(error, (InvalidURL, InvalidState, QueueFull, ReconnectFailed)):
@@ -174,11 +195,11 @@ _FATAL_CLOSE_CODES = frozenset({1008, 3000, 3003})
 
 
 class WebSocketFactory:
-    """Opens a :class:`~wsclient.WebSocketTransport` per attempt.
+    """Opens a [`WebSocketTransport`][wsclient.WebSocketTransport] per attempt.
 
     ``url`` and ``headers`` may be callables (plain or async), called again
     before every attempt: a token that expired is refreshed on reconnect.
-    Other keyword arguments go to :func:`~wsclient.connect_transport`.
+    Other keyword arguments go to [`connect_transport()`][wsclient.connect_transport].
     """
 
     def __init__(
@@ -192,6 +213,7 @@ class WebSocketFactory:
         self._headers = headers
         self._options = options
         self.display_url = redact_url(url) if isinstance(url, str) else "<url from a callable>"
+        """The URL without secrets, for logs (a callable's: the last one it returned)."""
 
     async def __call__(self) -> Transport:
         from ._transport import connect_transport
@@ -220,20 +242,23 @@ class ReconnectingTransport:
     (and fails at once if it cannot, unless ``retry_first_connect``); leaving
     flushes the queue and closes. Meanwhile:
 
-    * :meth:`send` writes at once while connected and queues while not
-      (:class:`~wsclient.QueuePolicy`); the queue is flushed, in order, after
+    * [`send()`][wsclient.ReconnectingTransport.send] writes at once while connected and queues
+      while not ([`QueuePolicy`][wsclient.QueuePolicy]); the queue is flushed, in order, after
       every reconnect, once the ``on_connect`` hooks are done.
-    * :meth:`receive` (or ``async for``) yields inbound messages across
-      reconnects; or give ``message_handler`` to have them handed over as
+    * [`receive()`][wsclient.ReconnectingTransport.receive] (or ``async for``) yields inbound
+      messages across reconnects; or give ``message_handler`` to have them handed over as
       they arrive, in the reader's task, with no buffering.
-    * :attr:`state`, :meth:`state_changes`, :meth:`on_state_change` and
-      :meth:`statistics` show what is happening, failed attempts included.
+    * [`state`][wsclient.ReconnectingTransport.state],
+      [`state_changes()`][wsclient.ReconnectingTransport.state_changes],
+      [`on_state_change()`][wsclient.ReconnectingTransport.on_state_change] and
+      [`statistics()`][wsclient.ReconnectingTransport.statistics] show what is happening, failed
+      attempts included.
 
     Args:
-        factory: opens one transport; see :class:`WebSocketFactory`.
+        factory: opens one transport; see [`WebSocketFactory`][wsclient.WebSocketFactory].
         backoff: the delays between attempts; None never reconnects.
         should_retry: ``should_retry(error)`` returns True (retry), False
-            (give up) or None (use :func:`is_retryable`).
+            (give up) or None (use [`is_retryable()`][wsclient.is_retryable]).
         heartbeat: how zombie connections are detected; None disables it.
         app_ping: the message sent as probe when ``heartbeat.app_level``.
         queue: bounds and overflow policy of the outbound queue.
@@ -242,9 +267,11 @@ class ReconnectingTransport:
             before its server).
         message_handler: called with every inbound message, in the reader
             task; it must not block. Exceptions are logged and counted.
-        max_inbound: messages :meth:`receive` buffers before reading stops.
+        max_inbound: messages [`receive()`][wsclient.ReconnectingTransport.receive] buffers before
+            reading stops.
         hook_timeout: seconds all ``on_connect`` hooks together may take.
-        close_timeout: seconds :meth:`aclose` may spend flushing and closing.
+        close_timeout: seconds [`aclose()`][wsclient.ReconnectingTransport.aclose] may spend
+            flushing and closing.
         name: how logs and ``repr`` name the connection (the URL, without secrets).
     """
 
@@ -352,7 +379,8 @@ class ReconnectingTransport:
         return hook
 
     def on_drop(self, callback: Callable[[int], None]) -> Callable[[int], None]:
-        """Call ``callback(number)`` when the queue drops message ``number`` (from :meth:`submit`).
+        """Call ``callback(number)`` when the queue drops message ``number`` (from
+        [`submit()`][wsclient.ReconnectingTransport.submit]).
 
         For ``drop_oldest`` and ``ttl``; a message refused outright is never
         numbered, and messages discarded on close are not reported. It must
@@ -544,11 +572,12 @@ class ReconnectingTransport:
     # Sending
 
     async def send(self, data: str | bytes, *, text: bool | None = None) -> bool:
-        """Send a message now if connected, else queue it (see :class:`~wsclient.QueuePolicy`).
+        """Send a message now if connected, else queue it (see
+        [`QueuePolicy`][wsclient.QueuePolicy]).
 
         Returns False if the ``drop_newest`` policy dropped it. With the
         ``block`` policy this waits for room in the queue. Raises
-        :class:`~wsclient.QueueFull` (``reject``), or the reason the
+        [`QueueFull`][wsclient.QueueFull] (``reject``), or the reason the
         connection is closed for good. A message handed to a connection that
         dies may be lost: delivery is at most once.
         """
@@ -561,11 +590,12 @@ class ReconnectingTransport:
         text: bool | None = None,
         on_accepted: Callable[[int], None] | None = None,
     ) -> int | None:
-        """:meth:`send`, returning the message's number, or None if it was dropped.
+        """[`send()`][wsclient.ReconnectingTransport.send], returning the message's number, or None
+        if it was dropped.
 
         Messages are numbered 1, 2, 3... in the order they are accepted, which
-        is the order they are written; :meth:`left_queue` then tells whether a
-        message was handed to a connection yet. The request layer uses this
+        is the order they are written; [`left_queue()`][wsclient.ReconnectingTransport.left_queue]
+        then tells whether a message was handed to a connection yet. The request layer uses this
         to know which requests were in flight when a connection dropped.
         ``on_accepted(number)`` is called as soon as the number is given,
         before the message can be written or lost.
@@ -602,12 +632,13 @@ class ReconnectingTransport:
         """Queue a message without ever waiting; it is written as soon as possible.
 
         Returns False if the ``drop_newest`` policy dropped it. Raises
-        :class:`~wsclient.QueueFull` when full under ``reject`` or ``block``.
+        [`QueueFull`][wsclient.QueueFull] when full under ``reject`` or ``block``.
         """
         return self.submit_nowait(data, text=text) is not None
 
     def submit_nowait(self, data: str | bytes, *, text: bool | None = None) -> int | None:
-        """:meth:`send_nowait`, returning the message's number (see :meth:`submit`)."""
+        """[`send_nowait()`][wsclient.ReconnectingTransport.send_nowait], returning the message's
+        number (see [`submit()`][wsclient.ReconnectingTransport.submit])."""
         payload, is_text = _to_queue_item(data, text)
         self._check_open()
         if not self._queue.put_nowait(payload, is_text):
@@ -617,7 +648,8 @@ class ReconnectingTransport:
         return self._accepted
 
     def left_queue(self, number: int) -> bool:
-        """Whether message ``number`` (from :meth:`submit`) has left the outbound queue.
+        """Whether message ``number`` (from [`submit()`][wsclient.ReconnectingTransport.submit]) has
+        left the outbound queue.
 
         True once it was handed to a connection, or dropped by the queue's
         policy (oldest dropped, expired, discarded on close). The queue is
@@ -672,9 +704,10 @@ class ReconnectingTransport:
     async def receive(self) -> str | bytes:
         """The next inbound message, across reconnects.
 
-        Raises the reason once closed and drained: :class:`~wsclient.ReconnectFailed`
+        Raises the reason once closed and drained: [`ReconnectFailed`][wsclient.ReconnectFailed]
         (or the first connection's error) when it gave up,
-        :class:`~wsclient.ConnectionClosedOK` after :meth:`aclose`.
+        [`ConnectionClosedOK`][wsclient.ConnectionClosedOK] after
+        [`aclose()`][wsclient.ReconnectingTransport.aclose].
         """
         if self._message_handler is not None:
             raise InvalidState("messages go to message_handler; receive() is not available")
@@ -1118,7 +1151,7 @@ class _Inbox(Generic[_T]):
 
 
 class _StateChanges:
-    """The iterator :meth:`ReconnectingTransport.state_changes` returns."""
+    """The iterator ``ReconnectingTransport.state_changes()`` returns."""
 
     def __init__(self, max_buffer: int) -> None:
         self._inbox: _Inbox[StateChange] = _Inbox(max_buffer)

@@ -1,9 +1,9 @@
 """The transport: one WebSocket connection, the layer everything stacks on.
 
-:class:`Transport` is the small interface every upper layer uses.
-:class:`WebSocketTransport` implements RFC 6455 by driving ``websockets``'
-Sans-I/O :class:`~websockets.client.ClientProtocol` over a byte link (see
-:mod:`wsclient._links`): an :class:`asyncio.Protocol` on asyncio, an anyio
+[`Transport`][wsclient.Transport] is the small interface every upper layer uses.
+[`WebSocketTransport`][wsclient.WebSocketTransport] implements RFC 6455 by driving ``websockets``'
+Sans-I/O ``ClientProtocol`` over a byte link (see
+``wsclient._links``): an ``asyncio.Protocol`` on asyncio, an anyio
 byte stream elsewhere. The transport owns every protocol decision; the link
 only moves bytes.
 """
@@ -87,33 +87,49 @@ class TransportState(enum.Enum):
     """Where a transport is in its life (RFC 6455 4.1, 7.1.3, 7.1.4)."""
 
     CONNECTING = "connecting"
+    """The opening handshake is under way."""
     OPEN = "open"
+    """Messages flow both ways."""
     CLOSING = "closing"
+    """The closing handshake is under way."""
     CLOSED = "closed"
+    """Final: the connection is closed, ``close_code`` and ``close_reason`` are set."""
 
 
 @dataclass(frozen=True)
 class TransportStatistics:
-    """Counters of one transport, from :meth:`Transport.statistics`."""
+    """Counters of one transport, from [`Transport.statistics()`][wsclient.Transport.statistics]."""
 
     state: TransportState
+    """The transport's state."""
     messages_sent: int
+    """Messages written."""
     messages_received: int
+    """Messages received and buffered for ``receive()``."""
     bytes_sent: int
+    """Bytes written to the wire."""
     bytes_received: int
+    """Bytes read from the wire."""
     pings_sent: int
+    """Pings sent."""
     pongs_received: int
+    """Pongs received."""
     last_rtt: float | None
+    """Seconds the last answered ping took; None before any."""
     messages_buffered: int
+    """Messages received and not read yet."""
     read_pauses: int
+    """Times reading paused because ``max_queue`` messages waited to be read."""
     messages_discarded: int
-    #: When the last bytes arrived, on the event loop's clock (``anyio.current_time()``).
+    """Messages received after our close began, beyond ``max_queue``: read to reach the
+    server's close frame, then dropped."""
     last_received_at: float | None = None
+    """When the last bytes arrived, on the event loop's clock (``anyio.current_time()``)."""
 
 
 @dataclass(slots=True)
 class TransportCounters:
-    """The running counters every transport keeps; :meth:`snapshot` freezes them."""
+    """The running counters every transport keeps; ``snapshot()`` freezes them."""
 
     messages_sent: int = 0
     messages_received: int = 0
@@ -146,9 +162,9 @@ class TransportCounters:
 class Transport(ABC):
     """One message-oriented connection to a server.
 
-    Use it as an async context manager, or call :meth:`aclose`. Iterating
+    Use it as an async context manager, or call [`aclose()`][wsclient.Transport.aclose]. Iterating
     over it yields messages until the connection closes normally; an abnormal
-    close raises :class:`~wsclient.ConnectionClosedError`.
+    close raises [`ConnectionClosedError`][wsclient.ConnectionClosedError].
     """
 
     @abstractmethod
@@ -158,7 +174,7 @@ class Transport(ABC):
         ``text=True`` sends ``bytes`` that are already UTF-8 (orjson output)
         as a text frame without decoding them first.
 
-        Raises the :class:`~wsclient.ConnectionClosed` subclass if the
+        Raises the [`ConnectionClosed`][wsclient.ConnectionClosed] subclass if the
         connection is closed, or dies while the message waits for the peer to
         read. Whenever ``send()`` raises or is cancelled, the message may or
         may not have been delivered: callers that retry must tolerate a duplicate.
@@ -166,7 +182,8 @@ class Transport(ABC):
 
     @abstractmethod
     async def receive(self) -> str | bytes:
-        """Return the next message; raise :class:`~wsclient.ConnectionClosed` once closed."""
+        """Return the next message; raise [`ConnectionClosed`][wsclient.ConnectionClosed] once
+        closed."""
 
     @abstractmethod
     async def ping(self, data: bytes | None = None) -> float:
@@ -181,7 +198,7 @@ class Transport(ABC):
         """Drop the connection at once, without a closing handshake; idempotent.
 
         For a peer that no longer answers (a heartbeat gave up on it): unlike
-        :meth:`aclose` it does not wait. Both sides see code 1006.
+        [`aclose()`][wsclient.Transport.aclose] it does not wait. Both sides see code 1006.
         """
 
     @property
@@ -225,9 +242,9 @@ class Transport(ABC):
 class WebSocketTransport(Transport, LinkOwner):
     """A WebSocket client connection (RFC 6455) on ``websockets``' Sans-I/O core.
 
-    Open one with :func:`connect_transport`. Messages received are buffered
-    (up to ``max_queue``, then the socket is no longer read, which pushes back
-    on the server); :meth:`receive` takes them in order and cancelling it
+    Open one with [`connect_transport()`][wsclient.connect_transport]. Messages received are
+    buffered (up to ``max_queue``, then the socket is no longer read, which pushes back
+    on the server); [`receive()`][wsclient.Transport.receive] takes them in order and cancelling it
     loses none. Control frames never wait behind queued data.
     """
 
@@ -694,7 +711,7 @@ async def connect_transport(
         user_agent: ``User-Agent`` header; None sends none.
         compression: ``"deflate"`` negotiates permessage-deflate (RFC 7692); None disables it.
         max_size: largest message accepted, in bytes (None: no limit). A bigger one
-            fails the connection with code 1009 and :class:`~wsclient.MessageTooBig`.
+            fails the connection with code 1009 and [`MessageTooBig`][wsclient.MessageTooBig].
         max_queue: messages buffered before the socket stops being read.
         ssl: TLS context for ``wss://``; by default one that verifies certificates
             against the system's trust store.

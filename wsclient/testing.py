@@ -1,14 +1,16 @@
-"""Test helpers: an in-memory :class:`~wsclient.Transport` pair.
+"""Test helpers: an in-memory [`Transport`][wsclient.Transport] pair, and a fault-injecting proxy.
 
-:meth:`MemoryTransport.pair` returns two connected ends that behave like
-:class:`~wsclient.WebSocketTransport` (messages, backpressure, ping/pong, the
-closing handshake, failing the connection on oversized messages or invalid
-UTF-8) without sockets, so every upper layer can be tested on a fake clock::
+[`MemoryTransport.pair()`][wsclient.testing.MemoryTransport.pair] returns two connected ends that
+behave like [`WebSocketTransport`][wsclient.WebSocketTransport] (messages, backpressure, ping/pong,
+the closing handshake, failing the connection on oversized messages or invalid
+UTF-8) without sockets, so every upper layer can be tested on a fake clock:
 
-    client, server = MemoryTransport.pair(latency=0.5)
-    await client.send("hello")
-    assert await server.receive() == "hello"  # at t + 0.5
-    assert await client.ping() == 1.0
+```python
+client, server = MemoryTransport.pair(latency=0.5)
+await client.send("hello")
+assert await server.receive() == "hello"  # at t + 0.5
+assert await client.ping() == 1.0
+```
 
 The link between the ends is a small discrete-event simulation. Every frame
 (data, ping, pong, close, end of stream) is stamped with the time it is due at
@@ -18,10 +20,14 @@ by now, and a task that has to wait sleeps until the next frame is due or
 something changes. So time only moves through ``anyio`` and a fake clock
 makes every delay exact.
 
-Faults for upper-layer tests: :meth:`MemoryTransport.break_link` (abrupt
-death, code 1006), :meth:`MemoryTransport.blackhole` (a zombie link that
-silently drops everything, which only a heartbeat detects) and
-:meth:`MemoryTransport.set_latency`.
+Faults for upper-layer tests:
+[`MemoryTransport.break_link()`][wsclient.testing.MemoryTransport.break_link] (abrupt death, code
+1006), [`MemoryTransport.blackhole()`][wsclient.testing.MemoryTransport.blackhole] (a zombie link
+that silently drops everything, which only a heartbeat detects) and
+[`MemoryTransport.set_latency()`][wsclient.testing.MemoryTransport.set_latency].
+
+To break a real TCP path between a client and a server instead, put a
+[`FaultProxy`][wsclient.testing.FaultProxy] between them.
 """
 
 from __future__ import annotations
@@ -127,7 +133,7 @@ class _Link:
             self._changed = None
 
     async def wait(self, deadline: float | None) -> None:
-        """Wait until :meth:`notify` is called or ``deadline`` passes."""
+        """Wait until ``notify()`` is called or ``deadline`` passes."""
         if self._changed is None:
             self._changed = anyio.Event()
         changed = self._changed
@@ -136,21 +142,22 @@ class _Link:
 
 
 class MemoryTransport(Transport):
-    """One end of an in-memory connection; create a connected pair with :meth:`pair`.
+    """One end of an in-memory connection; create a connected pair with
+    [`pair()`][wsclient.testing.MemoryTransport.pair].
 
-    It behaves like :class:`~wsclient.WebSocketTransport`:
+    It behaves like [`WebSocketTransport`][wsclient.WebSocketTransport]:
 
     * ``str`` arrives as ``str``, ``bytes`` as ``bytes``, ``bytes`` sent with
       ``text=True`` as ``str`` (invalid UTF-8 fails the connection with 1007);
     * a message bigger than the receiver's ``max_size`` makes the receiver fail
-      the connection with 1009 (:class:`~wsclient.MessageTooBig`);
+      the connection with 1009 ([`MessageTooBig`][wsclient.MessageTooBig]);
     * each end buffers up to ``max_queue`` messages (those in flight count);
-      :meth:`send` waits while the peer's buffer is full;
-    * :meth:`aclose` runs the closing handshake; the peer can still receive
-      what was sent before, then gets the close code and reason;
+      [`send()`][wsclient.testing.MemoryTransport.send] waits while the peer's buffer is full;
+    * [`aclose()`][wsclient.testing.MemoryTransport.aclose] runs the closing handshake; the peer can
+      still receive what was sent before, then gets the close code and reason;
     * like a real client that fails the connection, the end that failed it
-      ignores the peer's reply, so its :attr:`close_code` is 1006 and only
-      ``sent_code`` of the exception holds 1007 or 1009.
+      ignores the peer's reply, so its [`close_code`][wsclient.Transport.close_code] is 1006 and
+      only ``sent_code`` of the exception holds 1007 or 1009.
 
     Messages already received stay readable after the connection dies, as
     with the real transport; what was still in flight is lost.
@@ -165,7 +172,8 @@ class MemoryTransport(Transport):
         max_size: int | None,
         close_timeout: float,
     ) -> None:
-        """Use :meth:`pair`; an end is useless without its peer."""
+        """Use [`pair()`][wsclient.testing.MemoryTransport.pair]; an end is useless without its
+        peer."""
         self._link = link
         self._side = side
         self._peer: MemoryTransport = self
@@ -201,7 +209,8 @@ class MemoryTransport(Transport):
         """Return two connected, open ends: ``(client, server)``.
 
         Args:
-            max_queue: messages each end buffers before the peer's :meth:`send` waits.
+            max_queue: messages each end buffers before the peer's
+                [`send()`][wsclient.testing.MemoryTransport.send] waits.
             max_size: largest message each end accepts, in bytes (None: no limit).
             latency: seconds each frame (message, ping, pong, close) takes to arrive.
             close_timeout: seconds an end that sent a close frame waits for the
@@ -280,7 +289,8 @@ class MemoryTransport(Transport):
 
     @property
     def blackholed(self) -> bool:
-        """Whether the link currently drops everything (see :meth:`blackhole`)."""
+        """Whether the link currently drops everything (see
+        [`blackhole()`][wsclient.testing.MemoryTransport.blackhole])."""
         return self._link.blackholed
 
     def statistics(self) -> TransportStatistics:
@@ -398,7 +408,8 @@ class MemoryTransport(Transport):
     # Fault injection
 
     async def abort(self) -> None:
-        """Drop the connection at once, as a TCP reset would: see :meth:`break_link`."""
+        """Drop the connection at once, as a TCP reset would: see
+        [`break_link()`][wsclient.testing.MemoryTransport.break_link]."""
         if not self._closed:
             self.break_link()
         await anyio.lowlevel.checkpoint()
@@ -407,8 +418,9 @@ class MemoryTransport(Transport):
         """Kill the link abruptly: both ends CLOSED with code 1006, frames in flight lost.
 
         Messages each end had already received can still be read, then
-        :meth:`receive` raises :class:`~wsclient.ConnectionClosedError`; waiting
-        pings and sends fail with it.
+        [`receive()`][wsclient.testing.MemoryTransport.receive] raises
+        [`ConnectionClosedError`][wsclient.ConnectionClosedError]; waiting pings and sends fail with
+        it.
         """
         link = self._link
         link.advance()  # what is due has arrived before the link dies

@@ -2,7 +2,7 @@
 
 Each verb lives in its own module, which declares its sub-parser in
 ``add_parser(verbs)`` and sets ``handler`` to a ``run(args) -> int`` function;
-:func:`main` dispatches.
+``main()`` dispatches.
 
 - ``connect``: talk to a server from a terminal or a pipe.
 - ``serve``: run the reference Hub until Ctrl-C.

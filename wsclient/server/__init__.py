@@ -1,15 +1,17 @@
 """The reference server: a Hub speaking the default dialect of ``wsclient``.
 
-Run it in tests and examples with::
+Run it in tests and examples with:
 
-    hub = Hub()
+```python
+hub = Hub()
 
-    @hub.on_query("greeting")
-    async def greeting(parameters, ctx):
-        return {"hello": parameters["name"]}
+@hub.on_query("greeting")
+async def greeting(parameters, ctx):
+    return {"hello": parameters["name"]}
 
-    async with hub.serve() as server:
-        ...  # connect clients to server.url
+async with hub.serve() as server:
+    ...  # connect clients to server.url
+```
 
 or from a shell with ``wsclient serve --port 8765``.
 """

@@ -16,9 +16,9 @@ writer task. Fan-out never waits for a subscriber: a connection whose buffer is
 full is a slow consumer and is closed with code 1013 (try again later), so one
 stalled client cannot hold up deliveries to the others.
 
-:meth:`Hub.serve` works from any anyio backend. On asyncio the server runs in
-the caller's loop; elsewhere (trio) it runs on a private asyncio loop in a
-:class:`~wsclient._loopthread.LoopThread` and :class:`HubServer` hops to it.
+[`Hub.serve()`][wsclient.server.Hub.serve] works from any anyio backend. On asyncio the server runs
+in the caller's loop; elsewhere (trio) it runs on a private asyncio loop in a
+``LoopThread`` and [`HubServer`][wsclient.server.HubServer] hops to it.
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ logger = logging.getLogger("wsclient.server")
 
 T = TypeVar("T")
 
-#: A request handler: ``async def handler(parameters, ctx) -> reply payload``.
-#: Event handlers have the same shape; their return value is ignored.
 Handler = Callable[[Any, "RequestContext"], Awaitable[Any]]
+"""A request handler: ``async def handler(parameters, ctx) -> reply payload``.
+
+Event handlers have the same shape; their return value is ignored.
+"""
 H = TypeVar("H", bound=Handler)
 
 SYSTEM_CHANNEL = "system"
@@ -70,30 +72,30 @@ class HubError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class HubStatistics:
-    """Counters of a running :class:`HubServer` (a snapshot)."""
+    """Counters of a running [`HubServer`][wsclient.server.HubServer] (a snapshot)."""
 
-    #: Connections currently open.
     connections_open: int
-    #: Connections accepted since the server started.
+    """Connections currently open."""
     connections_total: int
-    #: WebSocket messages received from clients.
+    """Connections accepted since the server started."""
     messages_received: int
-    #: WebSocket messages written to clients.
+    """WebSocket messages received from clients."""
     messages_sent: int
-    #: Requests (query, command, auth) received.
+    """WebSocket messages written to clients."""
     requests: int
-    #: Error replies and system errors sent, plus failed event handlers.
+    """Requests (query, command, auth) received."""
     errors: int
-    #: Live subscriptions, summed over connections.
+    """Error replies and system errors sent, plus failed event handlers."""
     subscriptions: int
-    #: Channels with at least one subscriber.
+    """Live subscriptions, summed over connections."""
     channels: int
-    #: Publish messages received.
+    """Channels with at least one subscriber."""
     publishes: int
-    #: Channel deliveries queued for subscribers.
+    """Publish messages received."""
     deliveries: int
-    #: Connections closed because their outgoing buffer overflowed.
+    """Channel deliveries queued for subscribers."""
     slow_consumer_disconnects: int
+    """Connections closed because their outgoing buffer overflowed."""
 
 
 class RequestContext:
@@ -207,8 +209,8 @@ class Hub:
       default because fan-out would compress each delivery once per subscriber.
 
     Handlers have the shape ``async def handler(parameters, ctx) -> payload``
-    where ``ctx`` is a :class:`RequestContext`; the returned payload must be
-    JSON-able. The built-in queries ``echo`` (replies with the parameters) and
+    where ``ctx`` is a [`RequestContext`][wsclient.server.RequestContext]; the returned payload must
+    be JSON-able. The built-in queries ``echo`` (replies with the parameters) and
     ``time`` (replies ``{"time": <unix seconds>}``) can be overridden.
 
     Binary frames are decoded as UTF-8 JSON, exactly like text frames; replies
@@ -294,7 +296,7 @@ class Hub:
         """Replace the ``auth`` handler (decorator).
 
         The handler receives the credentials (the request's payload) and returns
-        the reply payload; raising :class:`HubError` refuses them. The default
+        the reply payload; raising [`HubError`][wsclient.server.HubError] refuses them. The default
         accepts anything and replies ``{"authenticated": true}``. The Hub never
         logs credentials.
         """
@@ -312,8 +314,8 @@ class Hub:
         """Run the Hub on ``host:port`` for the duration of the context.
 
         ``port=0`` lets the OS choose a free port; read it from
-        :attr:`HubServer.port`. With a host name that resolves to several
-        addresses, each socket gets its own port; pass a literal address then.
+        [`HubServer.port`][wsclient.server.HubServer.port]. With a host name that resolves to
+        several addresses, each socket gets its own port; pass a literal address then.
 
         ``in_thread`` chooses where the asyncio server runs: ``None`` (default)
         uses the current loop on asyncio and a private loop thread on any other
@@ -353,7 +355,7 @@ class Hub:
 
 
 class HubServer:
-    """A running Hub, yielded by :meth:`Hub.serve`.
+    """A running Hub, yielded by [`Hub.serve()`][wsclient.server.Hub.serve].
 
     Its coroutine methods can be awaited from any anyio backend; when the
     server runs in a loop thread they hop to that loop.
