@@ -100,3 +100,24 @@ async def test_bytes_after_the_link_was_lost_are_ignored() -> None:
         assert transport.state is TransportState.CLOSED
         with pytest.raises(ConnectionClosedError):
             await transport.receive()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Upgrade": "h2c"}, [("X-Fine", "1"), ("sec-websocket-key", "x")], (("Connection", "close"),)],
+)
+def test_handshake_headers_are_refused_when_the_client_is_made(headers: object) -> None:
+    """A header the handshake sets itself is refused by connect(), before any attempt."""
+    import wsclient
+
+    with pytest.raises(ValueError, match="header is set by the WebSocket handshake itself"):
+        wsclient.connect("ws://127.0.0.1:1/", headers=headers)
+
+
+def test_headers_from_a_generator_are_not_consumed_when_the_client_is_made() -> None:
+    """Headers given as a one-shot iterable are left for the attempt to read."""
+    from wsclient._reconnect import WebSocketFactory
+
+    headers = iter([("X-Token", "1")])
+    WebSocketFactory("ws://127.0.0.1:1/", headers=headers)
+    assert list(headers) == [("X-Token", "1")]

@@ -114,6 +114,8 @@ class StateChange:
         error: why: the failure that caused RECONNECTING or CLOSED, if any.
         attempt: in RECONNECTING, the number of the attempt being waited for
             (1 after a connection was lost, 2 after that attempt failed...).
+            A connection that dies within the backoff's ``min_uptime`` counts
+            as a failed attempt, so the count goes on rather than restarting at 1.
         delay: in RECONNECTING, the seconds until that attempt.
         at: the event loop's clock (``anyio.current_time()``).
     """
@@ -209,6 +211,10 @@ class WebSocketFactory:
         headers: HeadersLike | Callable[[], HeadersLike | Awaitable[HeadersLike]] | None = None,
         **options: Any,
     ) -> None:
+        from ._transport import check_headers
+
+        if not callable(headers):
+            check_headers(headers)
         self._url = url
         self._headers = headers
         self._options = options

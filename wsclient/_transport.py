@@ -685,6 +685,28 @@ _HANDSHAKE_HEADERS = frozenset(
 )
 
 
+def check_header_name(name: str) -> None:
+    """Refuse a header the opening handshake sets itself (a ValueError naming it)."""
+    if name.lower() in _HANDSHAKE_HEADERS:
+        raise ValueError(f"the {name} header is set by the WebSocket handshake itself")
+
+
+def check_headers(headers: object) -> None:
+    """Check ``headers`` given as a mapping or a list now, rather than at the first attempt.
+
+    Other iterables are left alone: checking would consume them.
+    """
+    if isinstance(headers, Mapping):
+        names: Iterable[object] = headers.keys()
+    elif isinstance(headers, (list, tuple)):
+        names = [item[0] for item in headers if isinstance(item, tuple) and item]
+    else:
+        return
+    for name in names:
+        if isinstance(name, str):
+            check_header_name(name)
+
+
 async def connect_transport(
     url: str,
     *,
@@ -749,8 +771,7 @@ async def connect_transport(
     if headers is not None:
         items = headers.items() if isinstance(headers, Mapping) else headers
         for name, value in items:
-            if name.lower() in _HANDSHAKE_HEADERS:
-                raise ValueError(f"the {name} header is set by the WebSocket handshake itself")
+            check_header_name(name)
             # Replace, not add: a Host or Authorization given here wins over the URL's.
             if name in request.headers:
                 del request.headers[name]
