@@ -378,8 +378,11 @@ def test_repr_shows_state_but_no_contents() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"max_messages": 0}, "max_messages must be at least 1, got 0"),
-        ({"max_bytes": 0}, "max_bytes must be None or at least 1, got 0"),
+        ({"max_messages": 0}, "max_messages must be an int of at least 1, got 0"),
+        ({"max_messages": 2.5}, "max_messages must be an int of at least 1, got 2.5"),
+        ({"max_messages": True}, "max_messages must be an int of at least 1, got True"),
+        ({"max_bytes": 0}, "max_bytes must be None or an int of at least 1, got 0"),
+        ({"max_bytes": 1024.0}, "max_bytes must be None or an int of at least 1, got 1024.0"),
         (
             {"overflow": "drop"},
             "overflow must be one of 'drop_oldest', 'drop_newest', 'reject', 'block', got 'drop'",

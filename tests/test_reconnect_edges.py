@@ -196,3 +196,13 @@ async def test_abandoned_state_changes_iterator_is_released() -> None:
 def test_bare_query_token_is_redacted() -> None:
     """A token passed as a bare query string (wss://host/ws?<token>) is masked."""
     assert "s3cr3tT0ken" not in redact_url("wss://example.com/ws?s3cr3tT0ken")
+
+
+@pytest.mark.parametrize("option", ["hook_timeout", "close_timeout"])
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), "5", None])
+def test_invalid_hook_and_close_timeouts_are_refused(option: str, value: object) -> None:
+    """hook_timeout and close_timeout must be positive seconds, checked when the client is made."""
+    import wsclient
+
+    with pytest.raises(ValueError, match=f"{option} must be a positive number of seconds"):
+        wsclient.connect("ws://127.0.0.1:1/", **{option: value})

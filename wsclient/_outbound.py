@@ -25,6 +25,7 @@ from typing import Literal, get_args
 import anyio
 import anyio.lowlevel
 
+from ._checks import is_count
 from ._exceptions import QueueFull
 
 __all__ = ["Overflow", "QueuePolicy", "QueueStatistics"]
@@ -59,10 +60,14 @@ class QueuePolicy:
     ttl: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_messages < 1:
-            raise ValueError(f"max_messages must be at least 1, got {self.max_messages!r}")
-        if self.max_bytes is not None and self.max_bytes < 1:
-            raise ValueError(f"max_bytes must be None or at least 1, got {self.max_bytes!r}")
+        if not is_count(self.max_messages) or self.max_messages < 1:
+            raise ValueError(
+                f"max_messages must be an int of at least 1, got {self.max_messages!r}"
+            )
+        if self.max_bytes is not None and (not is_count(self.max_bytes) or self.max_bytes < 1):
+            raise ValueError(
+                f"max_bytes must be None or an int of at least 1, got {self.max_bytes!r}"
+            )
         if self.overflow not in _OVERFLOWS:
             valid = ", ".join(repr(name) for name in _OVERFLOWS)
             raise ValueError(f"overflow must be one of {valid}, got {self.overflow!r}")

@@ -32,6 +32,7 @@ import anyio
 import anyio.abc
 
 from ._backoff import Backoff, RetrySchedule
+from ._checks import check_timeout
 from ._exceptions import (
     ConnectError,
     ConnectionClosed,
@@ -310,8 +311,8 @@ class ReconnectingTransport:
         self._drop_callbacks: list[Callable[[int], None]] = []
         self._retry_first_connect = retry_first_connect
         self._message_handler = message_handler
-        self._hook_timeout = hook_timeout
-        self._close_timeout = close_timeout
+        self._hook_timeout = check_timeout(hook_timeout, "hook_timeout")
+        self._close_timeout = check_timeout(close_timeout, "close_timeout")
         self._given_name = name
 
         self._state: ConnectionState | None = None
