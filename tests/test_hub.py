@@ -649,3 +649,25 @@ async def test_unhashable_type_gets_system_error() -> None:
         assert (await client.recv_json())["data"]["type"] == "error"
         await client.send_json({"type": "ping"})
         assert await client.recv_json() == {"type": "pong"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backlog", [None, 4096])
+async def test_listen_backlog_is_long_enough_for_bursts(
+    backlog: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Hub listens with a backlog of 1024 by default (asyncio has 100), or the one given."""
+    import wsclient.server._hub as hub_module
+
+    seen: list[int] = []
+    real_serve = hub_module.serve
+
+    def recording_serve(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["backlog"])
+        return real_serve(*args, **kwargs)
+
+    monkeypatch.setattr(hub_module, "serve", recording_serve)
+    options = {} if backlog is None else {"backlog": backlog}
+    async with Hub().serve(**options) as server:
+        assert server.port > 0
+    assert seen == [backlog or 1024]

@@ -310,6 +310,7 @@ class Hub:
         port: int = 0,
         *,
         in_thread: bool | None = None,
+        backlog: int = 1024,
     ) -> AsyncIterator[HubServer]:
         """Run the Hub on ``host:port`` for the duration of the context.
 
@@ -323,6 +324,10 @@ class Hub:
         responsive while the caller's asyncio loop is blocked; ``False`` requires
         asyncio.
 
+        ``backlog`` is the listen queue's length: asyncio's default of 100
+        overflows when hundreds of clients connect at once, and each
+        overflowed client then waits for a SYN retransmit (a second or more).
+
         On exit, every connection is closed with code 1001 (going away), the
         server stops listening and the loop thread, if any, is stopped.
         """
@@ -333,7 +338,7 @@ class Hub:
             raise RuntimeError("in_thread=False needs an asyncio event loop")
         runtime = _Runtime(self)
         if not in_thread:
-            await runtime.start(host, port)
+            await runtime.start(host, port, backlog)
             try:
                 yield HubServer(runtime, None)
             finally:
@@ -344,7 +349,7 @@ class Hub:
         loop_thread = LoopThread(name="wsclient-hub")
         loop_thread.start()
         try:
-            await _run_in_thread(loop_thread, runtime.start(host, port))
+            await _run_in_thread(loop_thread, runtime.start(host, port, backlog))
             try:
                 yield HubServer(runtime, loop_thread)
             finally:
@@ -524,12 +529,13 @@ class _Runtime:
 
     # Lifecycle
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, backlog: int) -> None:
         hub = self.hub
         self._server = await serve(
             self._handle,
             host,
             port,
+            backlog=backlog,
             max_size=hub.max_message_size,
             close_timeout=hub.close_timeout,
             ping_interval=hub.ping_interval,
