@@ -121,3 +121,32 @@ def test_headers_from_a_generator_are_not_consumed_when_the_client_is_made() -> 
     headers = iter([("X-Token", "1")])
     WebSocketFactory("ws://127.0.0.1:1/", headers=headers)
     assert list(headers) == [("X-Token", "1")]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"open_timeout": -1}, "open_timeout must be a positive number of seconds, got -1"),
+        ({"open_timeout": float("nan")}, "open_timeout must be a positive number"),
+        ({"max_size": -5}, "max_size must be None or an int of at least 1, got -5"),
+        ({"max_size": 2.5}, "max_size must be None or an int of at least 1, got 2.5"),
+        ({"compression": "gzip"}, "compression must be 'deflate' or None, got 'gzip'"),
+    ],
+)
+def test_impossible_connection_options_are_refused_when_the_client_is_made(
+    options: dict[str, object], match: str
+) -> None:
+    """open_timeout, max_size and compression are checked by connect(), not at the first attempt."""
+    import wsclient
+
+    with pytest.raises(ValueError, match=match):
+        wsclient.connect("ws://127.0.0.1:1/", **options)
+
+
+@pytest.mark.anyio
+async def test_connect_transport_refuses_impossible_options_before_connecting() -> None:
+    """connect_transport() refuses a bad max_queue or max_size without opening a socket."""
+    with pytest.raises(ValueError, match="max_queue must be an int of at least 1, got 0"):
+        await connect_transport("ws://127.0.0.1:1/", max_queue=0)
+    with pytest.raises(ValueError, match="max_size must be None or an int of at least 1"):
+        await connect_transport("ws://127.0.0.1:1/", max_size=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypeGuard
 
 __all__: list[str] = []
 
@@ -18,7 +19,7 @@ def is_finite_number(value: object) -> bool:
         return False
 
 
-def is_count(value: object) -> bool:
+def is_count(value: object) -> TypeGuard[int]:
     """True for an int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -212,10 +212,11 @@ class WebSocketFactory:
         headers: HeadersLike | Callable[[], HeadersLike | Awaitable[HeadersLike]] | None = None,
         **options: Any,
     ) -> None:
-        from ._transport import check_headers
+        from ._transport import check_headers, check_options
 
         if not callable(headers):
             check_headers(headers)
+        check_options(**options)
         self._url = url
         self._headers = headers
         self._options = options

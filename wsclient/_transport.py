@@ -44,6 +44,7 @@ try:
 except ImportError:  # pragma: no cover - websockets built without its C extension
     from websockets.utils import apply_mask
 
+from ._checks import check_timeout, is_count
 from ._exceptions import (
     ConnectError,
     ConnectionClosed,
@@ -707,6 +708,26 @@ def check_headers(headers: object) -> None:
             check_header_name(name)
 
 
+def check_options(**options: object) -> None:
+    """Refuse impossible values of ``connect_transport()``'s options with a ValueError.
+
+    Only the options named here are checked; the others are left to their use.
+    A reconnecting client checks them when it is made, not at its first attempt.
+    """
+    if "compression" in options and options["compression"] not in ("deflate", None):
+        raise ValueError(f"compression must be 'deflate' or None, got {options['compression']!r}")
+    max_size = options.get("max_size")
+    if max_size is not None and (not is_count(max_size) or max_size < 1):
+        raise ValueError(f"max_size must be None or an int of at least 1, got {max_size!r}")
+    max_queue = options.get("max_queue", 1)
+    if not is_count(max_queue) or max_queue < 1:
+        raise ValueError(f"max_queue must be an int of at least 1, got {max_queue!r}")
+    if options.get("open_timeout") is not None:
+        check_timeout(options["open_timeout"], "open_timeout")
+    if "close_timeout" in options:
+        check_timeout(options["close_timeout"], "close_timeout")
+
+
 async def connect_transport(
     url: str,
     *,
@@ -754,8 +775,13 @@ async def connect_transport(
         raise InvalidURL(f"ssl= was given for a non-TLS URL {display_url}; use wss://")
     if uri.secure and ssl is None:
         ssl = ssl_module.create_default_context()
-    if max_queue < 1:
-        raise ValueError("max_queue must be at least 1")
+    check_options(
+        compression=compression,
+        max_size=max_size,
+        max_queue=max_queue,
+        open_timeout=open_timeout,
+        close_timeout=close_timeout,
+    )
 
     protocol = ClientProtocol(
         uri,
