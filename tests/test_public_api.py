@@ -9,10 +9,11 @@ import pytest
 
 import wsclient
 import wsclient.server
+import wsclient.sync
 import wsclient.testing
 
 
-@pytest.mark.parametrize("module", [wsclient, wsclient.server, wsclient.testing])
+@pytest.mark.parametrize("module", [wsclient, wsclient.server, wsclient.sync, wsclient.testing])
 def test_all_names_exist_and_are_documented(module: object) -> None:
     """Each name in __all__ is defined, listed once, and has a docstring."""
     names = module.__all__  # type: ignore[attr-defined]
@@ -90,3 +91,25 @@ def test_the_messaging_surface_lives_in_wsclient_itself() -> None:
     assert required <= set(wsclient.__all__), required - set(wsclient.__all__)
     assert issubclass(wsclient.RequestTimeout, TimeoutError)
     assert wsclient.connect is wsclient._client.connect
+
+
+@pytest.mark.parametrize(
+    ("async_class", "sync_class"),
+    [
+        (wsclient.Client, wsclient.sync.SyncClient),
+        (wsclient.Session, wsclient.sync.SyncSession),
+        (wsclient.Subscription, wsclient.sync.SyncSubscription),
+    ],
+)
+def test_sync_classes_have_every_public_method_of_the_async_ones(
+    async_class: type, sync_class: type
+) -> None:
+    """The blocking client mirrors the async API: aclose() becomes close(), the rest keep names."""
+    blocking_names = {"aclose": "close"}
+    # The async client's own layers: a blocking client has no use for them.
+    exempt = {"transport"}
+    public = {name for name in dir(async_class) if not name.startswith("_")} - exempt
+    missing = sorted(
+        name for name in public if not hasattr(sync_class, blocking_names.get(name, name))
+    )
+    assert not missing, f"{sync_class.__name__} lacks {missing}"
