@@ -113,16 +113,6 @@ def test_split_lines_takes_linear_time_on_a_long_line() -> None:
     assert time.perf_counter() - started < 1.0  # quadratic, it took seconds
 
 
-def test_exit_codes_match_the_package() -> None:
-    """The verb's exit codes are the command line's (defined twice to avoid a cyclic import)."""
-    assert (connect.EXIT_OK, connect.EXIT_FAILED, connect.EXIT_USAGE, connect.EXIT_INTERRUPTED) == (
-        _cli.EXIT_OK,
-        _cli.EXIT_FAILED,
-        _cli.EXIT_USAGE,
-        _cli.EXIT_INTERRUPTED,
-    )
-
-
 # Options and output, in-process
 
 

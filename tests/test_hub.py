@@ -613,6 +613,28 @@ async def test_cli_serve_runs_until_ctrl_c() -> None:
     assert b"Traceback" not in stderr
 
 
+def test_cli_serve_on_a_taken_port_says_so_and_exits_1() -> None:
+    """`wsclient serve` on a port in use prints why on one line, no traceback, and exits 1."""
+    import socket
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "wsclient", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: " in result.stderr
+    assert "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("stuck", ["auth", "limiter"])
 async def test_shutdown_is_bounded_when_a_handler_never_returns(stuck: str) -> None:

@@ -21,15 +21,11 @@ import sys
 from collections.abc import Callable
 
 from . import bench, connect, demo, serve
+from ._exit import EXIT_INTERRUPTED, EXIT_USAGE
 
 __all__ = ["main"]
 
 Runner = Callable[[argparse.Namespace], int]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 def _build_parser() -> argparse.ArgumentParser:

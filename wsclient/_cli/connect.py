@@ -83,17 +83,13 @@ from wsclient._exceptions import RemoteError, WSClientError
 from wsclient._jsonrpc import JsonRpcDialect
 from wsclient._reconnect import ConnectionState, StateChange
 
+from ._exit import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
 if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = ["Command", "UsageError", "add_parser", "parse_line", "run", "split_lines"]
 
-# The values of wsclient._cli's EXIT_* constants: that package imports this
-# module before it defines them, so they cannot be imported from it here.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 #: Slash commands: name -> (arguments, what it does). ``/help`` and ``--help`` show this.
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -7,6 +7,8 @@ import logging
 
 import anyio
 
+from ._exit import EXIT_INTERRUPTED, EXIT_OK
+
 __all__ = ["add_parser", "run"]
 
 
@@ -30,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
     try:
         anyio.run(run_demo, backend=args.backend)
     except KeyboardInterrupt:
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return EXIT_OK

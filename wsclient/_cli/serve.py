@@ -7,6 +7,8 @@ import logging
 
 import anyio
 
+from ._exit import EXIT_FAILED, EXIT_OK
+
 __all__ = ["add_parser", "run"]
 
 logger = logging.getLogger("wsclient.cli")
@@ -37,4 +39,7 @@ def run(args: argparse.Namespace) -> int:
         anyio.run(serve_forever)
     except KeyboardInterrupt:
         logger.info("stopped")
-    return 0
+    except OSError as exc:  # the port is taken, the address is not ours...
+        logger.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        return EXIT_FAILED
+    return EXIT_OK
