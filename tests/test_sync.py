@@ -21,6 +21,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -32,7 +33,9 @@ import pytest
 import wsclient.sync
 from tests.servers import closed_port
 from wsclient import (
+    ClientStatistics,
     ConnectError,
+    ConnectionClosed,
     ConnectionLost,
     ConnectionState,
     InvalidState,
@@ -308,6 +311,22 @@ def test_iterators_end_when_the_client_closes(hub: tuple[RunningHub, Any], backe
     assert news.state is SubscriptionState.UNSUBSCRIBED
 
 
+def test_blocked_reads_end_when_the_server_goes_and_the_client_gives_up(backend: str) -> None:
+    """With reconnect=False, reads blocked with no timeout raise why the connection closed."""
+    with running_hub() as server:
+        client = wsclient.sync.connect(server.url, backend=backend, reconnect=False)
+        news = client.subscribe("news")
+        news.confirmed(timeout=BOUND)
+        reads = [in_thread(news.receive), in_thread(lambda: list(news)), in_thread(client.receive)]
+    for thread, read in reads:  # the server stopped: the client closed on its own
+        with pytest.raises(ConnectionClosed):
+            read.result(BOUND)
+        thread.join(BOUND)
+    assert client.state is ConnectionState.CLOSED
+    client.close()
+    assert sync_threads() == []
+
+
 # 3. Sessions
 
 
@@ -487,6 +506,74 @@ def test_garbage_collected_client_is_closed(hub: tuple[RunningHub, Any], backend
     wait_until(lambda: hub[0].connections_open() == 0)
 
 
+def test_collected_client_is_closed_when_warnings_are_errors(
+    hub: tuple[RunningHub, Any], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ResourceWarning an error (as under pytest), the finalizer still closes the client."""
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    client = wsclient.sync.connect(hub[0].url, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        del client
+        gc.collect()
+    assert [type(u.exc_value) for u in unraisable] == [ResourceWarning]
+    assert sync_threads() == []
+    wait_until(lambda: hub[0].connections_open() == 0)
+
+
+def test_statistics_while_another_thread_closes(hub: tuple[RunningHub, Any], backend: str) -> None:
+    """statistics() when close() began but the loop has not closed yet is the loop's snapshot."""
+    client = wsclient.sync.connect(hub[0].url, backend=backend)
+    client.subscribe("news").confirmed(timeout=BOUND)
+    entered, release = threading.Event(), threading.Event()
+
+    @client.on_message
+    def hold_the_loop(message: Any) -> None:  # against the rules: close() must wait for it
+        entered.set()
+        release.wait(BOUND)
+
+    assert hub[0].publish("news", "hold") == 1  # from the Hub's thread: nothing here waits
+    assert entered.wait(BOUND)
+    closer, closed = in_thread(client.close)
+    wait_until(lambda: client.closed)
+    asker, asked = in_thread(client.statistics)
+    asker.join(SHORT)  # a statistics() that does not wait for the loop has answered by now
+    release.set()
+    assert isinstance(asked.result(BOUND), ClientStatistics)
+    assert closed.result(BOUND) is None
+    closer.join(BOUND)
+    asker.join(BOUND)
+    assert sync_threads() == []
+
+
+def test_close_is_bounded_when_a_callback_blocks_the_loop(
+    hub: tuple[RunningHub, Any],
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """close() gives up on a loop that a callback blocks, after close_timeout and its margin."""
+    monkeypatch.setattr(wsclient.sync, "_STOP_BOUND", SHORT)  # the margin, shortened
+    client = wsclient.sync.connect(hub[0].url, backend=backend, close_timeout=SHORT)
+    client.subscribe("news").confirmed(timeout=BOUND)
+    entered, release = threading.Event(), threading.Event()
+
+    @client.on_message
+    def block(message: Any) -> None:
+        entered.set()
+        release.wait(BOUND * 2)
+
+    assert hub[0].publish("news", "block") == 1
+    assert entered.wait(BOUND)
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < BOUND
+    assert "the loop thread did not stop" in caplog.text
+    release.set()
+    wait_until(lambda: sync_threads() == [])
+
+
 # 6. Connecting
 
 
@@ -566,13 +653,31 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
 
 
 def test_forgotten_close_does_not_hang_exit(hub: tuple[RunningHub, Any], tmp_path: Path) -> None:
-    """A script that never closes its clients (two backends, one subscribed) exits cleanly."""
+    """A script that never closes its clients (held by globals, one iterating, one with a
+    request pending in a daemon thread) exits cleanly."""
     process = child(
         """
+        import threading
+        import time
+
         kept = wsclient.sync.connect(url, backend="asyncio")
-        news = kept.subscribe("news")
+        news = iter(kept.subscribe("news"))
         print(kept.query("echo", "asyncio"))
-        print(wsclient.sync.connect(url, backend="trio").query("echo", "trio"))
+        other = wsclient.sync.connect(url, backend="trio")
+        print(other.query("echo", "trio"))
+
+
+        def ask():
+            try:
+                other.query("never", timeout=60)
+            except wsclient.ConnectionLost:  # the exit closes the client
+                pass
+
+
+        threading.Thread(target=ask, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not other.statistics().requests.pending and time.monotonic() < deadline:
+            time.sleep(0.001)  # until the request is pending
         """,
         tmp_path,
         hub[0].url,
@@ -649,3 +754,58 @@ def test_ctrl_c_in_receive_propagates_without_thread_tracebacks(
     assert err.rstrip().endswith("KeyboardInterrupt")
     assert "Exception in thread" not in err
     assert "news.receive()" in err  # the traceback is the main thread's
+
+
+def test_ctrl_c_while_the_loop_starts_stops_it(
+    hub: tuple[RunningHub, Any], backend: str, tmp_path: Path
+) -> None:
+    """Ctrl-C in connect() before the loop thread runs its loop: it stops, no thread is left."""
+    process = child(
+        """
+        import threading
+
+        started = threading.Event()
+
+
+        def interrupt(signum, frame):
+            started.set()  # let the loop start now that connect() is interrupted
+            raise KeyboardInterrupt
+
+
+        def starting():  # in the loop thread, before its loop runs
+            print("starting", flush=True)
+            started.wait(10)
+
+
+        if backend == "trio":
+            import trio
+
+            class Hold(trio.abc.Instrument):
+                def before_run(self):
+                    starting()
+
+            options = {"instruments": [Hold()]}
+        else:
+            import asyncio
+
+            def loop_factory():
+                starting()
+                return asyncio.new_event_loop()
+
+            options = {"loop_factory": loop_factory}
+        signal.signal(signal.SIGINT, interrupt)
+        try:
+            wsclient.sync.connect(url, backend=backend, backend_options=options)
+        except KeyboardInterrupt:
+            print("interrupted", [t.name for t in threading.enumerate()])
+            raise SystemExit(130) from None
+        """,
+        tmp_path,
+        hub[0].url,
+        backend,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == "starting\n"
+    process.send_signal(signal.SIGINT)
+    code, out, err = finish(process)
+    assert (code, out, err) == (130, "interrupted ['MainThread']\n", "")

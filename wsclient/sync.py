@@ -22,28 +22,31 @@ Ctrl-C (`KeyboardInterrupt`) in a blocked call cancels its task in the
 loop before it reaches you.
 [`SyncClient.close()`][wsclient.sync.SyncClient.close] (or leaving ``with``)
 closes the client as ``aclose()`` does, then stops the loop and joins its
-thread; a client nobody closed is closed when it is garbage-collected or
+thread, within ``close_timeout`` and a few seconds even if a callback blocks
+the loop; a client nobody closed is closed when it is garbage-collected or
 when the interpreter exits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
+import math
 import threading
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.from_thread import BlockingPortal
 
 from ._buffer import BufferPolicy
 from ._channels import DeliveryCallback, Subscription, SubscriptionState, SubscriptionStatistics
-from ._checks import check_timeout, is_finite_number
+from ._checks import check_timeout
 from ._client import Client, ClientStatistics, ErrorCallback, MessageCallback, StateCallback
 from ._correlator import InFlight
 from ._endpoint import Endpoint
@@ -56,25 +59,33 @@ __all__ = ["SyncClient", "SyncSession", "SyncSubscription", "connect"]
 logger = logging.getLogger("wsclient.sync")
 
 T = TypeVar("T")
+C = TypeVar("C", bound="_ClosedByWith")
 
 BACKENDS = ("asyncio", "trio")
 
+#: Schedules a function in the loop from another thread, without waiting for it.
+_Soon = Callable[[Callable[[], object]], object]
+
 #: Seconds an interrupted call waits for its task in the loop to unwind.
 _CANCEL_BOUND = 5.0
-#: Seconds the loop thread gets to stop after the client closed.
+#: Seconds the loop thread gets to stop once cancelled.
 _STOP_BOUND = 5.0
-
-# Portals whose thread would not stop (a callback blocking the loop): kept
-# here so that collecting them never joins that thread.
-_abandoned: list[object] = []
 
 
 class _Runtime:
     """The loop thread, its portal and the async client living in it.
 
-    It never refers to the [`SyncClient`][wsclient.sync.SyncClient], so the client's finalizer
-    can close it.
+    The thread is our own daemon thread, not `start_blocking_portal()`'s:
+    before anyio 4.5 that one ran in a ``ThreadPoolExecutor``, which the
+    interpreter joins at exit before any finalizer can stop the loop (a
+    forgotten client hung the exit), and a Ctrl-C while it starts joins a
+    loop that nobody stops. It never refers to the
+    [`SyncClient`][wsclient.sync.SyncClient], so the client's finalizer can close it.
     """
+
+    portal: BlockingPortal  # set by the loop thread before connect() returns
+    _stop: anyio.Event  # set: close the client, then stop the loop
+    _soon: _Soon
 
     def __init__(
         self, client: Client, backend: str, backend_options: dict[str, Any] | None
@@ -82,59 +93,70 @@ class _Runtime:
         self.client = client
         self.backend = backend
         self._lock = threading.Lock()
-        self._closing = False  # close() has begun: no new calls
+        self._closing = False  # close() has begun, or connect() failed: no new calls
         self._closed = threading.Event()  # close() has finished
         self._close_args = (1000, "")
-        self._stop: anyio.Event | None = None
-        self._held: concurrent.futures.Future[None] | None = None
-        close_timeout = client.transport._close_timeout
-        # aclose() is bounded by close_timeout; Client() does not check it, so neither may we.
-        self._close_bound: float | None = (
-            close_timeout + _STOP_BOUND
-            if is_finite_number(close_timeout) and close_timeout >= 0
-            else None
-        )
-        self._portal_cm = start_blocking_portal(backend, backend_options)
-        self.portal: BlockingPortal = self._portal_cm.__enter__()
-        self.thread: threading.Thread = self.portal.call(
-            _name_thread, f"wsclient-sync {client.name}"
+        self._close_error: Exception | None = None
+        self._scope: anyio.CancelScope | None = None  # set once the loop runs
+        self._opened: concurrent.futures.Future[None] = concurrent.futures.Future()
+        close_timeout = client.transport._close_timeout  # Client() checked it: inf or finite
+        self._close_bound = None if math.isinf(close_timeout) else close_timeout + _STOP_BOUND
+        self.thread = threading.Thread(
+            # A fresh context: the caller's may say (sniffio) that another loop runs.
+            target=contextvars.Context().run,
+            args=(self._run, backend, backend_options),
+            name=f"wsclient-sync {client.name}",
+            daemon=True,
         )
 
-    # Life cycle
+    # In the loop thread
 
-    def open(self) -> None:
-        """Open the client in a task that holds it until `close()`; raise its error."""
-        opened: concurrent.futures.Future[None] = concurrent.futures.Future()
+    def _run(self, backend: str, backend_options: dict[str, Any] | None) -> None:
         try:
-            self._held = self.portal.start_task_soon(self._hold, opened)
-            opened.result()
-        except BaseException:
-            # Refused, or Ctrl-C while connecting: stop trying, stop the loop.
-            with self._lock:
-                self._closing = True
-            try:
-                if self._held is not None:
-                    self._held.cancel()
-                self._stop_loop()
-            finally:
-                self._closed.set()
-            raise
+            anyio.run(self._main, backend=backend, backend_options=backend_options)
+        except BaseException as exc:  # invalid backend_options; never a traceback in a thread
+            if not self._opened.done():
+                self._opened.set_exception(exc)
+            else:
+                logger.error("%s: its event loop failed", self.client.name, exc_info=True)
 
-    async def _hold(self, opened: concurrent.futures.Future[None]) -> None:
-        self._stop = anyio.Event()
+    async def _main(self) -> None:
+        async with BlockingPortal() as portal:
+            with anyio.CancelScope() as scope:
+                with self._lock:
+                    if self._closing:  # connect() was interrupted before the loop ran
+                        return
+                    self.portal, self._scope, self._stop = portal, scope, anyio.Event()
+                    self._soon = _call_soon_threadsafe(self.backend)
+                await self._serve()
+            await portal.stop(cancel_remaining=True)  # the calls of other threads end
+
+    async def _serve(self) -> None:
         try:
             async with self.client:
-                opened.set_result(None)
+                self._opened.set_result(None)
                 await self._stop.wait()
                 await self.client.aclose(*self._close_args)
         except Exception as exc:
-            if not opened.done():
-                opened.set_exception(exc)
-                return  # connect() raises it
-            raise
-        except BaseException as exc:  # cancelled: connect() was interrupted
-            if not opened.done():
-                opened.set_exception(exc)
+            if self._opened.done():
+                self._close_error = exc  # close() raises it
+            else:
+                self._opened.set_exception(exc)  # connect() raises it
+
+    # Life cycle, from other threads
+
+    def open(self) -> None:
+        """Start the loop thread, open the client there; raise its error."""
+        try:
+            self.thread.start()
+            self._opened.result()
+        except BaseException:  # refused, or Ctrl-C while connecting: stop it all
+            with self._lock:
+                self._closing = True
+            try:
+                self._cancel_and_join()
+            finally:
+                self._closed.set()
             raise
 
     @property
@@ -148,69 +170,59 @@ class _Runtime:
             first = not self._closing
             self._closing = True
         if not first:
-            self._closed.wait()  # another thread closes it; its close is bounded
+            self._closed.wait()  # another thread closes it, within the bounds below
             return
         try:
-            self._shut_down(code, reason)
+            self._close_args = (code, reason)
+            with contextlib.suppress(RuntimeError):  # the loop ended already
+                self._soon(self._stop.set)
+            self.thread.join(self._close_bound)  # aclose() is bounded by close_timeout
+            if self.thread.is_alive():
+                logger.warning(
+                    "%s: closing took over %gs; cancelling it", self.client.name, self._close_bound
+                )
         finally:
-            self._closed.set()
+            try:
+                self._cancel_and_join()  # at once if the thread ended; on Ctrl-C too
+            finally:
+                self._closed.set()
+        if self._close_error is not None:
+            raise self._close_error
 
-    def _shut_down(self, code: int, reason: str) -> None:
-        error: Exception | None = None
-        held = self._held
-        try:
-            if held is not None and self._stop is not None:
-                if not held.done():
-                    self._close_args = (code, reason)
-                    with contextlib.suppress(RuntimeError):  # the portal stopped already
-                        self.portal.call(self._stop.set)
-                try:
-                    held.result(timeout=self._close_bound)
-                except concurrent.futures.TimeoutError:
-                    logger.warning(
-                        "%s: closing took over %ss; stopping its loop",
-                        self.client.name,
-                        self._close_bound,
-                    )
-                except concurrent.futures.CancelledError:
-                    pass
-                except Exception as exc:
-                    error = exc
-        finally:
-            self._stop_loop()
-        if error is not None:
-            raise error
-
-    def _stop_loop(self) -> None:
-        """Cancel what still runs in the loop (calls of other threads), stop it, join it."""
-        with contextlib.suppress(RuntimeError):  # stopped already
-            self.portal.call(self.portal.stop, True)
-        self.thread.join(_STOP_BOUND)
-        if self.thread.is_alive():
+    def _cancel_and_join(self) -> None:
+        """Cancel what still runs in the loop, and wait (bounded) for its thread to end."""
+        with self._lock:
+            scope = self._scope
+        if scope is not None and self.thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+                self._soon(scope.cancel)
+        with contextlib.suppress(RuntimeError):  # interrupted before the thread started
+            self.thread.join(_STOP_BOUND)
+        if self.thread.is_alive():  # a daemon: it cannot hold up the exit
             logger.warning(
-                "%s: the loop thread did not stop in %gs (is a callback blocking it?)",
+                "%s: the loop thread did not stop in %gs (a callback blocking it?);"
+                " it is left to end on its own",
                 self.client.name,
                 _STOP_BOUND,
             )
-            _abandoned.append(self._portal_cm)
-            return
-        self._portal_cm.__exit__(None, None, None)
 
     def finalize(self) -> None:
         """Close a client nobody closed: it was garbage-collected, or the interpreter exits."""
         if self._closing:
             return
-        warnings.warn(
-            f"a wsclient.sync client was never closed: {self.client.name}",
-            ResourceWarning,
-            stacklevel=1,
-        )
-        if self.in_loop_thread():  # collected by a callback: close from elsewhere
-            threading.Thread(
-                target=self._close_quietly, name="wsclient-sync-close", daemon=True
-            ).start()
-            return
-        self._close_quietly()
+        try:  # warned first, closed even if warnings are errors
+            warnings.warn(
+                f"a wsclient.sync client was never closed: {self.client.name}",
+                ResourceWarning,
+                stacklevel=1,
+            )
+        finally:
+            if self.in_loop_thread():  # collected by a callback: close from elsewhere
+                threading.Thread(
+                    target=self._close_quietly, name="wsclient-sync-close", daemon=True
+                ).start()
+            else:
+                self._close_quietly()
 
     def _close_quietly(self) -> None:
         try:
@@ -258,19 +270,34 @@ class _Runtime:
             raise
         except BaseException:
             if future is None or not future.done():  # interrupted (Ctrl-C)
-                call.abandon(self.portal, future)
+                call.abandon(self._soon)
             raise
 
     def call_sync(self, func: Callable[[], T]) -> T:
-        """``func()`` in the loop for a consistent snapshot; here if that is impossible."""
-        if self.in_loop_thread() or self._closing:
+        """``func()`` in the loop, for a consistent snapshot; here once the loop has ended."""
+        if self.in_loop_thread():
             return func()
-        try:
-            return self.portal.call(func)
-        except RuntimeError:
-            if self._closing:  # the portal stopped meanwhile
-                return func()
-            raise
+        if not self._closed.is_set():
+            try:
+                return self.portal.call(func)
+            except RuntimeError:
+                if not self._closing:
+                    raise
+                # The portal stopped: the loop is ending; what it leaves is final.
+                self.thread.join(_STOP_BOUND)
+        return func()
+
+
+def _call_soon_threadsafe(backend: str) -> _Soon:
+    """How another thread schedules a function in the running loop without waiting for it.
+
+    A portal call waits for the loop; closing must not, when a callback blocks it.
+    """
+    if backend == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 class _Abandoned(Exception):
@@ -305,31 +332,16 @@ class _Call(Generic[T]):
         finally:
             self._finished.set()
 
-    def abandon(self, portal: BlockingPortal, future: concurrent.futures.Future[T] | None) -> None:
-        """Cancel the task, and wait (bounded) until it unwound: nothing waits on in the loop.
-
-        ``future`` is the portal's, None if the caller was interrupted before
-        it had it.
-        """
+    def abandon(self, soon: _Soon) -> None:
+        """Cancel the task, and wait (bounded) until it unwound: nothing waits on in the loop."""
         with self._lock:
             self._abandoned = True
-            started = self._scope is not None
-        if not started:
-            return  # it will not run
-        if future is not None:
-            future.cancel()  # without waiting: the portal cancels the task's scope soon
-        else:
             scope = self._scope
-            assert scope is not None
-            with contextlib.suppress(RuntimeError):  # the portal stopped: the task is gone
-                portal.call(scope.cancel)
+        if scope is None:
+            return  # it will not run
+        with contextlib.suppress(RuntimeError):  # the loop ended, and the task with it
+            soon(scope.cancel)
         self._finished.wait(_CANCEL_BOUND)
-
-
-def _name_thread(name: str) -> threading.Thread:
-    thread = threading.current_thread()
-    thread.name = name
-    return thread
 
 
 async def _bounded(func: Callable[[], Awaitable[T]], limit: float | None, what: str) -> T:
@@ -356,11 +368,24 @@ def _check_timeout(timeout: float | None) -> float | None:
     return None if timeout is None else check_timeout(timeout)
 
 
-class _SyncEndpoint:
+class _ClosedByWith:
+    """Closed on leaving ``with``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: C) -> C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _SyncEndpoint(_ClosedByWith):
     """The blocking messaging API a client and its sessions share."""
 
     _runtime: _Runtime
-    _endpoint: Endpoint
+    _endpoint: Client | Session
     _kind: str
 
     def _call(self, what: str, func: Callable[[], Awaitable[T]]) -> T:
@@ -550,6 +575,17 @@ class _SyncEndpoint:
         """The connection's state."""
         return self._endpoint.state
 
+    def on_state(self, callback: StateCallback) -> StateCallback:
+        """Call ``callback(change)`` on every connection state change, in the loop thread.
+
+        Args:
+            callback: a function of a [`StateChange`][wsclient.StateChange]; it must not block.
+
+        Returns:
+            ``callback``, so that this can be a decorator.
+        """
+        return self._runtime.call_sync(lambda: self._endpoint.on_state(callback))
+
     def wait_state(self, *states: ConnectionState, timeout: float | None = None) -> ConnectionState:
         """Return once the connection's state is one of ``states`` (at once if it is).
 
@@ -603,12 +639,12 @@ class SyncClient(_SyncEndpoint):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         client = Client(url, **options)  # invalid URLs and options raise here, in this thread
-        runtime = _Runtime(client, backend, backend_options)
-        runtime.open()
         self._client = client
         self._endpoint = client
-        self._runtime = runtime
+        self._runtime = runtime = _Runtime(client, backend, backend_options)
+        # Before the thread starts: a Ctrl-C just after open() leaves nothing behind.
         self._finalizer = weakref.finalize(self, runtime.finalize)
+        runtime.open()
 
     def _owner(self) -> SyncClient:
         return self
@@ -630,17 +666,6 @@ class SyncClient(_SyncEndpoint):
         """
         self._runtime.close(code, reason)
         self._finalizer.detach()
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def closed(self) -> bool:
@@ -667,17 +692,6 @@ class SyncClient(_SyncEndpoint):
     def statistics(self) -> ClientStatistics:
         """Every layer's counters, a [`ClientStatistics`][wsclient.ClientStatistics]."""
         return self._runtime.call_sync(self._client.statistics)
-
-    def on_state(self, callback: StateCallback) -> StateCallback:
-        """Call ``callback(change)`` on every connection state change, in the loop thread.
-
-        Args:
-            callback: a function of a [`StateChange`][wsclient.StateChange]; it must not block.
-
-        Returns:
-            ``callback``, so that this can be a decorator.
-        """
-        return self._runtime.call_sync(lambda: self._client.on_state(callback))
 
     def on_error(self, callback: ErrorCallback) -> ErrorCallback:
         """Call ``callback(error)`` for what goes wrong without failing a call, in the loop thread.
@@ -788,28 +802,6 @@ class SyncSession(_SyncEndpoint):
         with contextlib.suppress(_Closed):  # the client's close ended it
             self._runtime.call("SyncSession.close()", self._session.aclose, _Closed)
 
-    def __enter__(self) -> SyncSession:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def on_state(self, callback: StateCallback) -> StateCallback:
-        """Call ``callback(change)`` on every state change of the connection, in the loop thread.
-
-        Args:
-            callback: a function of a [`StateChange`][wsclient.StateChange]; it must not block.
-
-        Returns:
-            ``callback``, so that this can be a decorator.
-        """
-        return self._runtime.call_sync(lambda: self._session.on_state(callback))
-
     def statistics(self) -> SessionStatistics:
         """This session's counters ([`SessionStatistics`][wsclient.SessionStatistics])."""
         return self._runtime.call_sync(self._session.statistics)
@@ -818,7 +810,7 @@ class SyncSession(_SyncEndpoint):
         return f"<Sync{repr(self._session)[1:]}"
 
 
-class SyncSubscription:
+class SyncSubscription(_ClosedByWith):
     """One subscriber to a channel, made by [`subscribe()`][wsclient.sync.SyncClient.subscribe].
 
     Iterate it (``for data in sub``) or call
@@ -914,17 +906,6 @@ class SyncSubscription:
             self._runtime.call(
                 "SyncSubscription.close()", lambda: self._sub.__aexit__(None, None, None), _Closed
             )
-
-    def __enter__(self) -> SyncSubscription:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def statistics(self) -> SubscriptionStatistics:
         """Its counters, a [`SubscriptionStatistics`][wsclient.SubscriptionStatistics]."""
