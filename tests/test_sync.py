@@ -809,3 +809,33 @@ def test_ctrl_c_while_the_loop_starts_stops_it(
     process.send_signal(signal.SIGINT)
     code, out, err = finish(process)
     assert (code, out, err) == (130, "interrupted ['MainThread']\n", "")
+
+
+def test_a_thread_given_the_dead_loop_threads_ident_may_still_close(
+    hub: tuple[RunningHub, threading.Event], backend: str
+) -> None:
+    """A thread that reuses the ident of the finished loop thread is not taken for it."""
+    client = wsclient.sync.connect(hub[0].url, backend=backend)
+    loop_thread = client._runtime.thread
+    client.close()
+    assert not loop_thread.is_alive()
+    errors: list[BaseException] = []
+
+    def close_again() -> None:
+        try:
+            client.close()
+        except BaseException as exc:  # the test reports any error
+            errors.append(exc)
+
+    # Thread idents are reused once a thread has ended: start threads until one
+    # gets the loop thread's (bounded; on Linux the next thread usually does).
+    for _ in range(200):
+        thread = threading.Thread(target=close_again)
+        thread.start()
+        reused = thread.ident == loop_thread.ident
+        thread.join(BOUND)
+        if reused:
+            break
+    else:
+        pytest.skip("the OS gave no thread the finished loop thread's ident")
+    assert errors == []

@@ -233,7 +233,9 @@ class _Runtime:
     # Calls
 
     def in_loop_thread(self) -> bool:
-        return threading.get_ident() == self.thread.ident
+        # Identity, not ident: a thread started after the loop thread ended
+        # may be given its ident again (a close() racing the close that ended it).
+        return threading.current_thread() is self.thread
 
     def check_thread(self, what: str) -> None:
         if self.in_loop_thread():
