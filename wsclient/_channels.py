@@ -113,7 +113,7 @@ class ChannelHost(Protocol):
 class _Channel:
     """One server subscription and its local subscribers."""
 
-    __slots__ = ("changed", "name", "number", "sent_on", "state", "subscribers")
+    __slots__ = ("changed", "name", "number", "sending", "sent_on", "state", "subscribers")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -121,6 +121,7 @@ class _Channel:
         self.state = SubscriptionState.SUBSCRIBING
         self.sent_on: object | None = None  # the connection its subscribe went to
         self.number: int | None = None  # its subscribe's number in the outbound queue
+        self.sending = False  # its subscribe may still wait for room in the queue
         self.changed: anyio.Event | None = None  # made when someone waits for the state
 
     def set_state(self, state: SubscriptionState) -> None:
@@ -138,6 +139,10 @@ class ChannelRegistry:
         self._policy = policy
         self._name = name
         self._channels: dict[str, _Channel] = {}
+        # Unsubscribes that may still wait in the outbound queue, by channel:
+        # their number (None: not known, a session's closer sends it). A new
+        # subscribe to the channel must not overtake them from the on_connect hook.
+        self._unsubscribes: dict[str, int | None] = {}
         self._closed: BaseException | None = None
         self._deliveries = 0
         self._dropped_closed = 0  # drops of subscriptions that are gone
@@ -184,14 +189,19 @@ class ChannelRegistry:
 
         def numbered(number: int) -> None:
             channel.number = number
+            if self._channels.get(channel.name) is channel:
+                self._unsubscribes.pop(channel.name, None)  # this subscribe goes after it
 
+        channel.sending = True
         try:
             number = await self._host._submit_frame(
                 self._host._subscribe_frame(sub.channel), numbered
             )
         except BaseException as exc:
+            channel.sending = False
             self._open_failed(sub, channel, exc if isinstance(exc, Exception) else None)
             raise
+        channel.sending = False
         if number is None:
             error = QueueFull(f"the outbound queue dropped the subscribe to {sub.channel!r}")
             self._open_failed(sub, channel, error)
@@ -212,7 +222,7 @@ class ChannelRegistry:
         frame = self._release(sub)
         if self._channels.get(channel.name) is not channel:  # nobody else holds it
             if accepted and frame is not None:
-                self._send_nowait(frame, channel.name, "unsubscribe from")
+                self._unsubscribe_nowait(frame, channel.name)
             return
         if queued:
             return  # the queued subscribe serves those who joined meanwhile
@@ -225,6 +235,41 @@ class ChannelRegistry:
         if number is not None:
             channel.sent_on = connection
             channel.number = number
+            self._unsubscribes.pop(channel.name, None)
+
+    def _unsubscribe_nowait(self, frame: Any, channel: str) -> None:
+        number = self._send_nowait(frame, channel, "unsubscribe from")
+        if number is not None:
+            self._unsubscribed(channel, number)
+
+    def _unsubscribed(self, channel: str, number: int | None) -> None:
+        """An unsubscribe from ``channel`` got ``number`` (None: unknown, sent by the caller)."""
+        left = self._host._left_queue
+        for name, queued in list(self._unsubscribes.items()):
+            if queued is None and number is not None:
+                # It was given to the queue first: once this one left, so had it.
+                self._unsubscribes[name] = queued = number
+            if queued is not None and left(queued):
+                del self._unsubscribes[name]  # so this stays about as small as the queue
+        if number is None or not left(number):
+            self._unsubscribes[channel] = number
+
+    def _queue_now(self, frame: Any) -> int | None:
+        """Queue ``frame`` if the queue takes it at once: its number; else None, quietly."""
+        try:
+            return self._host._send_frame_nowait(frame)
+        except (WSClientError, TypeError):
+            return None
+
+    def _unsubscribe_queued(self, channel: str) -> bool:
+        """Whether an unsubscribe from ``channel`` may still wait in the outbound queue."""
+        if channel not in self._unsubscribes:
+            return False
+        number = self._unsubscribes[channel]
+        if number is not None and self._host._left_queue(number):
+            del self._unsubscribes[channel]
+            return False
+        return True
 
     def _send_nowait(self, frame: Any, channel: str, what: str = "subscribe to") -> int | None:
         """Queue ``frame`` from where no one can wait; log (and return None) if it cannot go."""
@@ -263,6 +308,8 @@ class ChannelRegistry:
         """Whether the server has, or will get, this channel's subscribe."""
         if channel.state is SubscriptionState.FAILED:
             return False
+        if channel.sending:
+            return True  # in doubt: the queue may yet take it, and an unsubscribe then follows it
         current = self._host._current_connection()
         if current is not None and channel.sent_on is current:
             return True
@@ -271,8 +318,12 @@ class ChannelRegistry:
     async def _close(self, sub: Subscription) -> None:
         frame = self._release(sub)
         if frame is not None and self._closed is None:
+
+            def numbered(number: int) -> None:
+                self._unsubscribed(sub.channel, number)
+
             try:
-                await self._host._submit_frame(frame)
+                await self._host._submit_frame(frame, numbered)
             except (WSClientError, TypeError) as exc:
                 # The subscription is gone locally either way; stray deliveries
                 # that follow go to the client's unhandled messages.
@@ -286,17 +337,27 @@ class ChannelRegistry:
         assert sub._buffer is not None
         sub._end(sub._buffer.error, state=SubscriptionState.FAILED)
         if frame is not None:
-            self._send_nowait(frame, sub.channel, "unsubscribe from")
+            self._unsubscribe_nowait(frame, sub.channel)
 
     def release_origin(self, origin: Any) -> list[Any]:
-        """Close every subscription of session ``origin``; the unsubscribe frames to send."""
-        frames = []
+        """Close every subscription of session ``origin``; the unsubscribe frames left to send.
+
+        The unsubscribes go into the outbound queue at once, numbered like
+        the others; those it cannot take now are returned for the caller to
+        send at once (before any other unsubscribe).
+        """
+        frames: list[Any] = []
         for channel in list(self._channels.values()):
             for sub in list(channel.subscribers):
                 if sub.origin == origin:
                     sub._end(None)
                     frame = self._release(sub)
-                    if frame is not None:
+                    if frame is None:
+                        continue
+                    # Once the queue refused one, the rest stay behind it, in order.
+                    number = None if frames else self._queue_now(frame)
+                    self._unsubscribed(channel.name, number)
+                    if number is None:
                         frames.append(frame)
         return frames
 
@@ -402,7 +463,17 @@ class ChannelRegistry:
                 if channel.state is not SubscriptionState.SUBSCRIBING:
                     channel.set_state(SubscriptionState.SUBSCRIBING)
                 self._resubscribes += 1
-                await send(self._host._subscribe_frame(channel.name))
+                frame = self._host._subscribe_frame(channel.name)
+                if self._unsubscribe_queued(channel.name):
+                    # Sent now, it would reach the server before that unsubscribe
+                    # and be undone by it: queue it behind, the queue flushes next.
+                    number = self._queue_now(frame)
+                    if number is not None:
+                        channel.number = number
+                        self._unsubscribes.pop(channel.name, None)
+                        self._sent(channel)
+                        continue
+                await send(frame)
                 self._sent(channel)
 
     def close(self, error: BaseException | None) -> None:
