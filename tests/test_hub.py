@@ -370,13 +370,15 @@ async def test_unsubscribe_stops_deliveries() -> None:
 
 @pytest.mark.anyio
 async def test_subscription_limit_gives_system_error() -> None:
-    """Subscribing past max_subscriptions is refused with a system error."""
+    """Subscribing past max_subscriptions is refused with a system error naming the channel."""
     async with serve(Hub(max_subscriptions=2)) as server, connect(server.url) as client:
         await client.subscribe("a")
         await client.subscribe("b")
         await client.subscribe("a")  # already subscribed: confirmed again, not counted
         await client.send_json({"action": "subscribe", "channel": "c"})
-        assert await client.recv_json() == system_error("subscription limit reached (2)")
+        refused = system_error("subscription limit reached (2)")
+        refused["data"]["channel"] = "c"
+        assert await client.recv_json() == refused
         await client.send_json({"action": "unsubscribe", "channel": "b"})
         await client.subscribe("c")
 

@@ -14,6 +14,7 @@ requests whose policy is ``resend``; only then does the queue flush.
 from __future__ import annotations
 
 import logging
+import reprlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,7 +30,7 @@ from ._codec import Codec, JsonCodec
 from ._correlator import IN_FLIGHT_POLICIES, Correlator, InFlight, RequestStatistics
 from ._dialect import DefaultDialect, Dialect, Inbound, Route
 from ._endpoint import Endpoint
-from ._exceptions import ConnectionLost, ProtocolError, QueueFull, WSClientError
+from ._exceptions import ConnectionLost, ProtocolError, QueueFull, RemoteError, WSClientError
 from ._heartbeat import Heartbeat
 from ._mux import Mux, Session
 from ._outbound import QueuePolicy
@@ -41,7 +42,7 @@ from ._reconnect import (
     StateChange,
     WebSocketFactory,
 )
-from ._redact import redact_url
+from ._redact import redact_error, redact_url, secret_strings
 from ._transport import HeadersLike, Transport, _parse_url
 
 __all__ = ["Client", "ClientStatistics", "connect"]
@@ -120,6 +121,11 @@ class Client(Endpoint):
         hook_timeout: seconds the reconnect steps (re-authenticate,
             resubscribe, resend) may take together.
         name: how logs and ``repr`` name the client (default: the URL without secrets).
+        allow_insecure_credentials: send credentials (user info in the URL, an
+            ``Authorization``, ``Proxy-Authorization`` or ``Cookie`` header,
+            [`authenticate()`][wsclient.Client.authenticate]) over ``ws://`` to a host
+            other than this machine, in clear text. By default that raises
+            [`InsecureCredentials`][wsclient.InsecureCredentials].
     """
 
     def __init__(
@@ -147,6 +153,7 @@ class Client(Endpoint):
         message_buffer: BufferPolicy = BufferPolicy(),  # noqa: B008
         hook_timeout: float = 30.0,
         name: str | None = None,
+        allow_insecure_credentials: bool = False,
     ) -> None:
         if not reconnect and backoff is not None:
             raise ValueError("backoff= makes no sense with reconnect=False")
@@ -181,6 +188,7 @@ class Client(Endpoint):
                 compression=compression,
                 open_timeout=open_timeout,
                 close_timeout=close_timeout,
+                allow_insecure_credentials=allow_insecure_credentials,
             )
             display = redact_url(url)
         elif callable(url):
@@ -224,6 +232,8 @@ class Client(Endpoint):
         self._rt.on_state_change(self._on_state_change)
         self._connection: Transport | None = None  # served now: hooks running, or open
         self._credentials: Any = None
+        # What authenticate() checks its credentials against; a factory of ours only.
+        self._ws_factory = factory if isinstance(factory, WebSocketFactory) else None
         self._authenticated = False
         self._state_callbacks: list[StateCallback] = []
         self._error_callbacks: list[ErrorCallback] = []
@@ -328,10 +338,22 @@ class Client(Endpoint):
         before anything else, and the connection opens only when the server
         accepts them. If it then refuses, the client gives up
         ([`ReconnectFailed`][wsclient.ReconnectFailed] caused by the
-        [`RemoteError`][wsclient.RemoteError]). Credentials never appear in logs or reprs.
+        [`RemoteError`][wsclient.RemoteError]). Credentials never appear in logs or reprs,
+        and the strings in them are masked (``***``) in the server's error.
+
+        Raises [`InsecureCredentials`][wsclient.InsecureCredentials], before sending
+        anything, if the client's URL is ``ws://`` to a host other than this machine
+        (unless ``allow_insecure_credentials``).
         """
+        if self._ws_factory is not None:
+            self._ws_factory._check_credentials("the credentials given to authenticate()")
         kind, payload = self.dialect.authenticate(credentials)
-        result = await self._request(kind, payload, timeout, "fail", None)
+        try:
+            result = await self._request(kind, payload, timeout, "fail", None)
+        except RemoteError as exc:
+            # A server may quote what it refused ("bad token abc"): not in our errors or logs.
+            redact_error(exc, secret_strings(credentials))
+            raise
         self._credentials = credentials
         self._authenticated = True
         return result
@@ -449,12 +471,17 @@ class Client(Endpoint):
             await transport.send(self._encode(frame), text=self.codec.text)
 
         if self._authenticated:
+            if self._ws_factory is not None:  # a URL from a callable may have changed
+                self._ws_factory._check_credentials("the credentials given to authenticate()")
             kind, payload = self.dialect.authenticate(self._credentials)
             waiter = self._correlator.open(policy="fail")
             try:
                 waiter.transport = transport
                 await send(self.dialect.request(waiter.id, kind, payload))
                 await self._correlator.wait(waiter, self._request_timeout)
+            except RemoteError as exc:
+                redact_error(exc, secret_strings(self._credentials))
+                raise
             finally:
                 self._correlator.discard(waiter)
         await self._channels.resubscribe(transport, send)
@@ -531,7 +558,10 @@ class Client(Endpoint):
                 return
         elif route is Route.CONFIRM:
             assert inbound.channel is not None
-            self._channels.confirm(inbound.channel, inbound.error)
+            known = self._channels.confirm(inbound.channel, inbound.error)
+            if not known and inbound.error is not None:
+                # A refusal of a channel we do not hold (any more): still the server's error.
+                self._report(inbound.error)
             return
         elif route is Route.HEARTBEAT or route is Route.ACK:
             if inbound.error is not None:  # a refused unsubscribe, a ping the server rejects
@@ -576,5 +606,14 @@ def connect(url: str | Callable[[], Awaitable[Transport]], **options: Any) -> Cl
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
+    # Bounded: a request id from the wire may be nested 1000 deep, past repr()'s recursion.
+    try:
+        text = _short_repr.repr(value)
+    except Exception:  # a hostile value: an int too long to print, say
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_short_repr = reprlib.Repr()
+_short_repr.maxlevel = 3
+_short_repr.maxstring = _short_repr.maxother = 40

@@ -170,7 +170,8 @@ class DefaultDialect(Dialect):
     for a session); replies ``{"type": "response" | "error", "requestId", ...}``;
     channels use ``{"action": "subscribe" | "unsubscribe" | "publish",
     "channel"}`` and deliver ``{"channel", "data"}``; the ``system`` channel
-    carries confirmations and errors; the heartbeat is ``{"type": "ping"}`` /
+    carries confirmations and errors (an error naming a ``channel`` refuses
+    the subscription to it); the heartbeat is ``{"type": "ping"}`` /
     ``{"type": "pong"}``.
     """
 
@@ -228,7 +229,8 @@ class DefaultDialect(Dialect):
         if not isinstance(channel, str):
             return _invalid(message, "'channel' is not a string", origin)
         if "data" not in message:
-            return _invalid(message, f"a message on channel {channel!r} without 'data'", origin)
+            quoted = _bounded_repr.repr(channel)  # the name comes from the wire: any length
+            return _invalid(message, f"a message on channel {quoted} without 'data'", origin)
         data = message["data"]
         if channel != self.SYSTEM_CHANNEL:
             return Inbound(Route.DELIVERY, message, result=data, channel=channel, origin=origin)
@@ -240,6 +242,9 @@ class DefaultDialect(Dialect):
             return Inbound(Route.CONFIRM, message, channel=confirmed, origin=origin)
         if notice == "error":
             error = RemoteError(_text(data.get("message")))
+            refused = data.get("channel")
+            if isinstance(refused, str):  # an error naming a channel refuses its subscription
+                return Inbound(Route.CONFIRM, message, channel=refused, error=error, origin=origin)
             return Inbound(Route.SYSTEM, message, result=data, error=error, origin=origin)
         return Inbound(Route.SYSTEM, message, result=data, origin=origin)
 

@@ -7,6 +7,7 @@ chained with ``raise ... from original`` so the cause stays visible:
 ```text
 WSClientError
 ├── InvalidURL                    (also a ValueError)
+├── InsecureCredentials           credentials over ws:// to another host (also a ValueError)
 ├── ConnectError                  refused, DNS, TLS, handshake rejected (.status, .retry_after)
 │   └── ConnectTimeout            the opening handshake took too long
 ├── ConnectionClosed              (.code, .reason, .sent_code)
@@ -37,6 +38,7 @@ __all__ = [
     "ConnectionClosedOK",
     "ConnectionLost",
     "HeartbeatTimeout",
+    "InsecureCredentials",
     "InvalidState",
     "InvalidURL",
     "MessageTooBig",
@@ -59,6 +61,17 @@ class WSClientError(Exception):
 
 class InvalidURL(WSClientError, ValueError):
     """The URL is not a valid ``ws://`` or ``wss://`` URL."""
+
+
+class InsecureCredentials(WSClientError, ValueError):
+    """Credentials would cross the network in clear text.
+
+    Raised before anything is sent when credentials (user info in the URL, an
+    ``Authorization``, ``Proxy-Authorization`` or ``Cookie`` header, or a call
+    to ``authenticate()``) would go over ``ws://`` to a host other than this
+    machine (loopback addresses, ``localhost`` and Unix sockets are exempt).
+    Use ``wss://``, or opt out with ``allow_insecure_credentials=True``.
+    """
 
 
 class ConnectError(WSClientError):

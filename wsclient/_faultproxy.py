@@ -31,6 +31,7 @@ writers hold what they have.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import socket
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import anyio
+import sniffio
 from anyio.abc import Listener, SocketAttribute, SocketListener, SocketStream, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from anyio.streams.stapled import MultiListener
@@ -111,9 +113,23 @@ class _Connection:
 class _Listening:
     """The listening socket's accept task: cancel ``scope``, then wait for ``stopped``."""
 
-    def __init__(self) -> None:
+    def __init__(self, sockets: list[socket.socket]) -> None:
         self.scope = anyio.CancelScope()
         self.stopped = anyio.Event()
+        self.sockets = sockets
+
+    def stop(self) -> None:
+        """Cancel the accept tasks; wait for ``stopped`` after."""
+        if sniffio.current_async_library() == "asyncio":
+            # A connection this loop pass found has its accept callback queued:
+            # run after the cancellation it would accept into a cancelled future,
+            # raise InvalidStateError and drop the socket (CPython gh-153761).
+            # Removing the reader cancels that callback; the connection waits.
+            loop = asyncio.get_running_loop()
+            for sock in self.sockets:
+                if sock.fileno() >= 0:  # not closed yet
+                    loop.remove_reader(sock)
+        self.scope.cancel()
 
 
 class FaultProxy:
@@ -260,6 +276,8 @@ class FaultProxy:
         if stack is None:
             return False
         assert self._task_group is not None
+        if self._listening is not None:
+            self._listening.stop()
         self._task_group.cancel_scope.cancel()
         # The exception (maybe the cancellation of a failed task group) goes to
         # the task group, which decides whether it propagates.
@@ -330,7 +348,7 @@ class FaultProxy:
         async with lock:
             listening, self._listening = self._listening, None
             if listening is not None:
-                listening.scope.cancel()
+                listening.stop()
                 await listening.stopped.wait()
 
     async def accept(self) -> None:
@@ -410,7 +428,8 @@ class FaultProxy:
         # anyio sets SO_REUSEADDR, so the port can be bound again after refuse().
         listener = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
         self._port = listener.extra(SocketAttribute.local_port)
-        listening = self._listening = _Listening()
+        sockets = [one.extra(SocketAttribute.raw_socket) for one in listener.listeners]
+        listening = self._listening = _Listening(sockets)
         assert self._task_group is not None
         self._task_group.start_soon(self._accept_all, listener, listening)
 

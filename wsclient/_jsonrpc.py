@@ -40,6 +40,8 @@ _PING_ID = _RESERVED + "ping"
 
 # Wire data quoted in problems and error messages is cut to this many characters.
 _QUOTE_LIMIT = 100
+# The server's own error message is cut to this many, as the default dialect does.
+_MESSAGE_LIMIT = 500
 
 _DEFAULTS: dict[str, str | None] = {
     "auth_method": "authenticate",
@@ -293,6 +295,8 @@ def _remote_error(error: Any, request_id: Any) -> RemoteError:
     good_code = isinstance(code, int) and not isinstance(code, bool)
     if good_code and isinstance(message, str):
         text = message or f"the server sent error {code} without a message"
+        if len(text) > _MESSAGE_LIMIT:  # it ends up in logs: a hostile server could flood them
+            text = text[: _MESSAGE_LIMIT - 3] + "..."
         return RemoteError(text, code=code, data=data, request_id=request_id)
     faults: list[str] = []
     if not good_code:

@@ -39,6 +39,7 @@ from ._exceptions import (
     ConnectionClosedOK,
     ConnectTimeout,
     HeartbeatTimeout,
+    InsecureCredentials,
     InvalidState,
     InvalidURL,
     QueueFull,
@@ -49,6 +50,7 @@ from ._exceptions import (
 from ._heartbeat import Heartbeat, HeartbeatWatch, Verdict
 from ._outbound import OutboundQueue, QueuePolicy, QueueStatistics
 from ._redact import redact_url
+from ._security import check_credentials
 from ._transport import (
     HeadersLike,
     Transport,
@@ -172,15 +174,19 @@ def is_retryable(error: BaseException) -> bool:
     Network errors, timeouts, lost connections, and HTTP 408, 425, 429, 500,
     502, 503 and 504 are retried. Fatal: HTTP 401 and 403 (and any other
     status: a wrong path or a redirect will not fix itself), TLS certificate
-    failures, invalid URLs, close codes 1008 (policy violation), 3000
-    (unauthorized), 3003 (forbidden) and 4000-4999 (the application's own),
-    misuse of the API (``InvalidState``, ``QueueFull`` raised in a hook) and
-    errors that are not network errors at all (a bug in a hook), and a
+    failures, invalid URLs, credentials refused over ``ws://``
+    ([`InsecureCredentials`][wsclient.InsecureCredentials]), close codes 1008
+    (policy violation), 3000 (unauthorized), 3003 (forbidden) and 4000-4999
+    (the application's own), misuse of the API (``InvalidState``,
+    ``QueueFull`` raised in a hook) and errors that are not network errors at
+    all (a bug in a hook), and a
     [`RemoteError`][wsclient.RemoteError] from a hook (the server refused to
     re-authenticate us).
     """
     if isinstance(error, (InvalidURL, InvalidState, QueueFull, ReconnectFailed)):
         return False  # misuse of the API, not the network: retrying cannot help
+    if isinstance(error, InsecureCredentials):
+        return False  # the next attempt would send the same credentials the same way
     if isinstance(error, RemoteError):
         return False  # the server refused (credentials, say): it will refuse again
     if isinstance(error, ConnectError):
@@ -212,14 +218,23 @@ class WebSocketFactory:
         headers: HeadersLike | Callable[[], HeadersLike | Awaitable[HeadersLike]] | None = None,
         **options: Any,
     ) -> None:
-        from ._transport import check_headers, check_options
+        from ._transport import check_headers, check_options, check_url_credentials
 
         if not callable(headers):
             check_headers(headers)
         check_options(**options)
+        if isinstance(url, str):
+            # Static credentials over ws:// fail here; a callable's, at each attempt.
+            check_url_credentials(
+                url,
+                None if callable(headers) else headers,
+                unix_socket=options.get("unix_socket"),
+                allow_insecure_credentials=bool(options.get("allow_insecure_credentials")),
+            )
         self._url = url
         self._headers = headers
         self._options = options
+        self._last_url = url if isinstance(url, str) else None
         self.display_url = redact_url(url) if isinstance(url, str) else "<url from a callable>"
         """The URL without secrets, for logs (a callable's: the last one it returned)."""
 
@@ -228,8 +243,25 @@ class WebSocketFactory:
 
         url = await _resolve(self._url)
         self.display_url = redact_url(url) if isinstance(url, str) else self.display_url
+        self._last_url = url if isinstance(url, str) else self._last_url
         headers = await _resolve(self._headers)
         return await connect_transport(url, headers=headers, **self._options)
+
+    def _check_credentials(self, what: str) -> None:
+        """Raise [`InsecureCredentials`][wsclient.InsecureCredentials] if ``what`` would go
+        in clear text to another host (the URL of the last attempt, for a callable)."""
+        from ._transport import _parse_url
+
+        if self._last_url is None:
+            return  # a callable URL not called yet: its first attempt comes before any auth
+        uri = _parse_url(self._last_url)
+        check_credentials(
+            secure=uri.secure,
+            host=uri.host,
+            what=what,
+            unix_socket=self._options.get("unix_socket"),
+            allowed=bool(self._options.get("allow_insecure_credentials")),
+        )
 
     def __repr__(self) -> str:
         return f"<WebSocketFactory {self.display_url}>"
@@ -970,12 +1002,12 @@ class ReconnectingTransport:
 
     async def _beat(self, transport: Transport, watch: HeartbeatWatch) -> None:
         """The watch's deadline passed: wait on, probe, or declare the connection dead."""
-        graces = watch.grace_periods
-        verdict = watch.check(now=anyio.current_time(), last_received=self._heard(transport))
-        self._grace_periods += watch.grace_periods - graces
-        if verdict is Verdict.ALIVE:
-            return
-        if verdict is Verdict.PROBE:
+        while True:
+            graces = watch.grace_periods
+            verdict = watch.check(now=anyio.current_time(), last_received=self._heard(transport))
+            self._grace_periods += watch.grace_periods - graces
+            if verdict is not Verdict.PROBE:
+                break
             if transport.state is not TransportState.OPEN:
                 # Closing: the closing handshake has its own timeout, and a
                 # probe could only fail and abort the socket under aclose().
@@ -996,9 +1028,12 @@ class ReconnectingTransport:
                 self._last_rtt = await transport.ping()
                 watch.restart(now=anyio.current_time())
                 return
-            verdict = watch.check(now=anyio.current_time(), last_received=self._heard(transport))
-            if verdict is not Verdict.DEAD:
-                return
+            # No pong in time; what arrived meanwhile decides. PROBE again
+            # (data early in a timeout longer than the interval, then silence)
+            # means the watch counts a new probe: send it, or a live server
+            # is declared dead for a probe it never got.
+        if verdict is Verdict.ALIVE:
+            return
         self._heartbeat_timeouts += 1
         error = HeartbeatTimeout(
             f"{self._name}: nothing received for {watch.config.timeout}s after a heartbeat probe"

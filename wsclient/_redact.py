@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import urllib.parse
+from typing import Any
 
-__all__ = ["redact_url"]
+__all__ = ["redact_error", "redact_url", "secret_strings"]
 
 
 def redact_url(url: str) -> str:
@@ -31,3 +32,53 @@ def redact_url(url: str) -> str:
         items = [pair.split("=", 1) for pair in parts.query.split("&") if pair]
         query = "?" + "&".join(f"{item[0]}=***" if len(item) == 2 else "***" for item in items)
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + query
+
+
+def secret_strings(credentials: Any) -> list[str]:
+    """The strings inside ``credentials`` (values, not keys), longest first.
+
+    What a server's error message must not repeat: a token, a password, the
+    user name beside it. Longest first, so a secret that contains another is
+    masked whole.
+    """
+    found: set[str] = set()
+    seen: set[int] = set()  # a container that holds itself must not loop forever
+    stack = [credentials]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if value:
+                found.add(value)
+        elif isinstance(value, (dict, list, tuple)) and id(value) not in seen:
+            seen.add(id(value))
+            stack.extend(value.values() if isinstance(value, dict) else value)
+    return sorted(found, key=len, reverse=True)
+
+
+def redact_error(error: BaseException, secrets: list[str]) -> None:
+    """Mask ``secrets`` in ``error``'s message and its ``data`` (a server's error), in place."""
+    if not secrets:
+        return
+    error.args = tuple(_mask(arg, secrets) for arg in error.args)
+    data = getattr(error, "data", None)
+    if data is not None:
+        error.data = _mask(data, secrets)  # type: ignore[attr-defined]
+
+
+def _mask(value: Any, secrets: list[str], depth: int = 0) -> Any:
+    if depth > 100:  # hostile nesting: not worth a RecursionError, nor showing
+        return "***"
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {
+            _mask(key, secrets, depth + 1): _mask(item, secrets, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_mask(item, secrets, depth + 1) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_mask(item, secrets, depth + 1) for item in value)
+    return value

@@ -15,6 +15,7 @@ import enum
 import logging
 import math
 import os
+import re
 import socket
 import ssl as ssl_module
 import struct
@@ -56,6 +57,7 @@ from ._exceptions import (
 )
 from ._links import AsyncioLink, Link, LinkOwner, StreamLink
 from ._redact import redact_url
+from ._security import check_credentials, credential_headers
 from ._version import __version__
 
 __all__ = [
@@ -434,6 +436,9 @@ class WebSocketTransport(Transport, LinkOwner):
         if self._link is not None:
             counters.last_received_at = self._link.clock()  # the heartbeat's evidence of life
         protocol = self._protocol
+        # Frames that came before a violation in these bytes came before our
+        # close too: only those read once closing may be discarded (_deliver).
+        closing = protocol.state is not State.OPEN
         protocol.receive_data(data)
         inbox = self._inbox
         for event in protocol.events_received():
@@ -445,7 +450,7 @@ class WebSocketTransport(Transport, LinkOwner):
             opcode = event.opcode
             if opcode is _TEXT or opcode is _BINARY:
                 if event.fin:
-                    self._deliver(event.data, opcode is _TEXT)
+                    self._deliver(event.data, opcode is _TEXT, closing)
                 else:
                     self._fragments = [bytes(event.data)]
                     self._fragment_text = opcode is _TEXT
@@ -454,7 +459,7 @@ class WebSocketTransport(Transport, LinkOwner):
                 if event.fin:
                     payload = b"".join(self._fragments)
                     self._fragments = []
-                    self._deliver(payload, self._fragment_text)
+                    self._deliver(payload, self._fragment_text, closing)
             elif opcode is _PONG:
                 self._pong_received(bytes(event.data))
         link = self._link
@@ -491,7 +496,9 @@ class WebSocketTransport(Transport, LinkOwner):
 
     # Internals
 
-    def _deliver(self, payload: bytes | bytearray | memoryview, is_text: bool) -> None:
+    def _deliver(
+        self, payload: bytes | bytearray | memoryview, is_text: bool, closing: bool
+    ) -> None:
         if is_text:
             try:
                 message: str | bytes = str(payload, "utf-8")
@@ -503,7 +510,7 @@ class WebSocketTransport(Transport, LinkOwner):
         else:
             message = bytes(payload)
         inbox = self._inbox
-        if len(inbox) >= self._high_water and self._protocol.state is not State.OPEN:
+        if len(inbox) >= self._high_water and closing:
             # Closing: we read on to reach the close frame, but nobody is
             # likely to consume more than a buffer's worth, so the rest goes.
             self._counters.messages_discarded += 1
@@ -639,6 +646,9 @@ _STATES = {
 def _handshake_error(exc: Exception, display_url: str) -> ConnectError:
     if isinstance(exc, InvalidStatus):
         response = exc.response
+        # Its repr would show the response's headers and body, and a server may
+        # echo our Authorization there; str() and .response stay as they were.
+        exc.args = ()
         status = response.status_code
         error = ConnectError(
             f"server at {display_url} rejected the WebSocket handshake: "
@@ -686,10 +696,28 @@ _HANDSHAKE_HEADERS = frozenset(
 )
 
 
-def check_header_name(name: str) -> None:
-    """Refuse a header the opening handshake sets itself (a ValueError naming it)."""
+# RFC 9110 5.1 and 5.5: a field name is a token; a value is visible ASCII,
+# obs-text, spaces and tabs. Anything else (a CR or LF) could forge headers.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def check_header(name: object, value: object) -> None:
+    """Refuse a header that is malformed or that the opening handshake sets itself.
+
+    The errors (TypeError, ValueError) never repeat a value, which may be a
+    token, nor a malformed name, which may be a whole ``Name: value`` line.
+    """
+    if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+        raise ValueError("a header name is not a valid HTTP field name (it is not shown)")
     if name.lower() in _HANDSHAKE_HEADERS:
         raise ValueError(f"the {name} header is set by the WebSocket handshake itself")
+    if not isinstance(value, str):
+        raise TypeError(f"the value of header {name} must be a str, not {type(value).__name__}")
+    if not _FIELD_VALUE.fullmatch(value):
+        raise ValueError(
+            f"the value of header {name} has a line break or a control character (it is not shown)"
+        )
 
 
 def check_headers(headers: object) -> None:
@@ -698,14 +726,56 @@ def check_headers(headers: object) -> None:
     Other iterables are left alone: checking would consume them.
     """
     if isinstance(headers, Mapping):
-        names: Iterable[object] = headers.keys()
+        items: Iterable[object] = headers.items()
     elif isinstance(headers, (list, tuple)):
-        names = [item[0] for item in headers if isinstance(item, tuple) and item]
+        items = headers
     else:
         return
-    for name in names:
-        if isinstance(name, str):
-            check_header_name(name)
+    for item in items:
+        if isinstance(item, tuple) and len(item) == 2:
+            check_header(*item)
+
+
+def check_url_credentials(
+    url: str,
+    headers: object,
+    *,
+    unix_socket: str | os.PathLike[str] | None = None,
+    allow_insecure_credentials: bool = False,
+) -> None:
+    """Raise [`InsecureCredentials`][wsclient.InsecureCredentials] now, rather than at the first
+    attempt, if ``url`` or ``headers`` (a mapping or a list) would send credentials in clear text.
+
+    Other iterables of headers are left alone: checking would consume them.
+    """
+    if isinstance(headers, Mapping):
+        names = [name for name in headers if isinstance(name, str)]
+    elif isinstance(headers, (list, tuple)):
+        names = [item[0] for item in headers if isinstance(item, tuple) and item]
+        names = [name for name in names if isinstance(name, str)]
+    else:
+        names = []
+    _check_credentials(_parse_url(url), names, unix_socket, allow_insecure_credentials)
+
+
+def _check_credentials(
+    uri: WebSocketURI,
+    header_names: list[str],
+    unix_socket: str | os.PathLike[str] | None,
+    allowed: bool,
+) -> None:
+    found = [f"the {name} header" for name in credential_headers(header_names)]
+    # websockets turns the URL's user info into an Authorization header, unless one is given.
+    if uri.user_info is not None and not any(n.lower() == "authorization" for n in header_names):
+        found.insert(0, "the credentials in the URL")
+    if found:
+        check_credentials(
+            secure=uri.secure,
+            host=uri.host,
+            what=" and ".join(found),
+            unix_socket=unix_socket,
+            allowed=allowed,
+        )
 
 
 def check_options(**options: object) -> None:
@@ -743,6 +813,7 @@ async def connect_transport(
     unix_socket: str | os.PathLike[str] | None = None,
     open_timeout: float | None = 10.0,
     close_timeout: float = 10.0,
+    allow_insecure_credentials: bool = False,
 ) -> WebSocketTransport:
     """Open a WebSocket connection and return it, ready to use.
 
@@ -762,9 +833,13 @@ async def connect_transport(
         unix_socket: connect to this Unix socket path instead of the URL's host and port.
         open_timeout: seconds for TCP connect, TLS and the opening handshake (None: no limit).
         close_timeout: seconds to wait for the closing handshake before dropping the socket.
+        allow_insecure_credentials: send credentials (user info in the URL, an
+            ``Authorization``, ``Proxy-Authorization`` or ``Cookie`` header) over
+            ``ws://`` to a host other than this machine, in clear text.
 
     Raises:
         InvalidURL: the URL is not a WebSocket URL.
+        InsecureCredentials: credentials would go over ``ws://`` to another host.
         ConnectError: the connection was refused, DNS or TLS failed, or the server
             rejected the handshake (``status`` holds the HTTP status).
         ConnectTimeout: ``open_timeout`` elapsed.
@@ -794,14 +869,17 @@ async def connect_transport(
     # websockets' debug logs print headers and payloads; those may hold secrets.
     protocol.debug = False
     request = protocol.connect()
+    given: list[str] = []
     if headers is not None:
         items = headers.items() if isinstance(headers, Mapping) else headers
         for name, value in items:
-            check_header_name(name)
+            check_header(name, value)
             # Replace, not add: a Host or Authorization given here wins over the URL's.
             if name in request.headers:
                 del request.headers[name]
             request.headers[name] = value
+            given.append(name)
+    _check_credentials(uri, given, unix_socket, allow_insecure_credentials)
     if user_agent is not None and "User-Agent" not in request.headers:
         request.headers["User-Agent"] = user_agent
     protocol.send_request(request)
@@ -831,10 +909,16 @@ def _parse_url(url: str) -> WebSocketURI:
     try:
         return parse_uri(url)
     except InvalidURI as exc:
-        # websockets' message repeats the URL, password included: say why only.
-        raise InvalidURL(f"invalid WebSocket URL {redact_url(url)}: {exc.msg}") from None
+        reason = exc.msg
     except ValueError as exc:  # urllib: bad port, bad IPv6 literal
-        raise InvalidURL(f"invalid WebSocket URL {redact_url(url)}: {exc}") from None
+        # A message quoting the port or host it read is not shown: that can be
+        # part of a password (in "ws://user:pa/ss@host/" the port is "pa").
+        reason = str(exc)
+        if "'" in reason or '"' in reason:
+            reason = "malformed host or port"
+    # Raised outside the except clauses: websockets' error repeats the URL,
+    # password included, and must not be reachable even as __context__.
+    raise InvalidURL(f"invalid WebSocket URL {redact_url(url)}: {reason}")
 
 
 async def _open_link(

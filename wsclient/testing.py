@@ -27,7 +27,9 @@ that silently drops everything, which only a heartbeat detects) and
 [`MemoryTransport.set_latency()`][wsclient.testing.MemoryTransport.set_latency].
 
 To break a real TCP path between a client and a server instead, put a
-[`FaultProxy`][wsclient.testing.FaultProxy] between them.
+[`FaultProxy`][wsclient.testing.FaultProxy] between them. To have a server send
+malformed messages and invalid frames, use a
+[`HostileServer`][wsclient.testing.HostileServer].
 """
 
 from __future__ import annotations
@@ -46,9 +48,25 @@ import anyio.lowlevel
 
 from ._exceptions import ConnectionClosed, InvalidState, closed_error
 from ._faultproxy import FaultProxy, FaultProxyStatistics
+from ._hostile import (
+    HostileConnection,
+    HostileServer,
+    HostileServerStatistics,
+    deflate,
+    encode_frame,
+)
 from ._transport import Transport, TransportCounters, TransportState, TransportStatistics
 
-__all__ = ["MemoryTransport", "FaultProxy", "FaultProxyStatistics"]
+__all__ = [
+    "MemoryTransport",
+    "FaultProxy",
+    "FaultProxyStatistics",
+    "HostileConnection",
+    "HostileServer",
+    "HostileServerStatistics",
+    "deflate",
+    "encode_frame",
+]
 
 
 # RFC 6455 7.4.1 and 7.4.2: codes an endpoint may put in a close frame

@@ -392,7 +392,9 @@ async def _server(settings: Settings, in_process: bool) -> AsyncIterator[tuple[s
         from wsclient.server import Hub
 
         # On asyncio the Hub runs in our loop; on trio, in a thread (Hub.serve decides).
-        async with Hub(max_message_size=settings.max_size).serve("127.0.0.1", 0) as hub:
+        # Every bench connection comes from 127.0.0.1: no per-address limit.
+        embedded = Hub(max_message_size=settings.max_size, max_connections_per_ip=None)
+        async with embedded.serve("127.0.0.1", 0) as hub:
             yield hub.url, "embedded Hub (in-process)"
     else:
         async with _hub_process(settings.max_size) as url:
@@ -472,6 +474,8 @@ async def _serve_until_eof(max_size: int) -> None:
 
     from wsclient.server import Hub
 
-    async with Hub(max_message_size=max_size).serve("127.0.0.1", 0) as hub:
+    # Every bench connection comes from 127.0.0.1: no per-address limit.
+    embedded = Hub(max_message_size=max_size, max_connections_per_ip=None)
+    async with embedded.serve("127.0.0.1", 0) as hub:
         print(f"PORT {hub.port}", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)

@@ -168,6 +168,12 @@ def add_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="extra handshake header (repeatable); never printed",
     )
     parser.add_argument(
+        "--allow-insecure-credentials",
+        action="store_true",
+        help="send credentials (URL user info, an Authorization or Cookie header) over"
+        " ws:// to another host, in clear text; refused by default",
+    )
+    parser.add_argument(
         "--subprotocol",
         metavar="NAME",
         action="append",
@@ -466,8 +472,9 @@ async def _main(args: argparse.Namespace, out: _Output, interactive: bool) -> in
             request_timeout=args.timeout,
             headers=args.header or None,
             subprotocols=args.subprotocol or None,
+            allow_insecure_credentials=args.allow_insecure_credentials,
         )
-    except ValueError as exc:  # InvalidURL is one
+    except ValueError as exc:  # InvalidURL and InsecureCredentials are ones
         out.warn(f"wsclient connect: {exc}")
         return EXIT_USAGE
     session = _Session(client, out, interactive=interactive, wait=args.wait)

@@ -24,14 +24,45 @@ def add_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve.add_argument(
         "--port", type=int, default=8765, help="port to listen on, 0 for any (%(default)s)"
     )
+    serve.add_argument(
+        "--allow-origin",
+        metavar="ORIGIN",
+        action="append",
+        default=[],
+        help="accept browser handshakes from ORIGIN, e.g. https://app.test (repeatable);"
+        " '*' accepts any. Without it, only clients that send no Origin are accepted",
+    )
+    serve.add_argument(
+        "--max-connections-per-ip",
+        metavar="N",
+        type=_limit,
+        default=256,
+        help="connections open at once from one address, 0 for no limit (%(default)s)",
+    )
     serve.set_defaults(handler=run)
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (no limit) or a positive count, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     from wsclient.server import Hub
 
+    origins = args.allow_origin
+    hub = Hub(
+        allowed_origins="*" if "*" in origins else origins or None,
+        max_connections_per_ip=args.max_connections_per_ip or None,
+    )
+
     async def serve_forever() -> None:
-        async with Hub().serve(args.host, args.port) as server:
+        async with hub.serve(args.host, args.port) as server:
             logger.info("serving on ws://%s:%d", args.host, server.port)
             await anyio.sleep_forever()
 

@@ -23,13 +23,16 @@ in the caller's loop; elsewhere (trio) it runs on a private asyncio loop in a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import http
+import ipaddress
 import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -40,7 +43,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Origin
 
 from wsclient._loopthread import LoopThread
 
@@ -96,6 +102,9 @@ class HubStatistics:
     """Channel deliveries queued for subscribers."""
     slow_consumer_disconnects: int
     """Connections closed because their outgoing buffer overflowed."""
+    connections_refused: int = 0
+    """Opening handshakes answered with an HTTP error: a disallowed ``Origin``, too
+    many connections from one address, a request that is not a WebSocket handshake."""
 
 
 class RequestContext:
@@ -193,7 +202,18 @@ class Hub:
     - ``max_message_size`` (1 MiB): largest incoming message; a larger one closes
       the connection with code 1009 (websockets' ``max_size``).
     - ``max_subscriptions`` (1000): channels one connection may subscribe to;
-      one more is refused with a system error.
+      one more is refused with a system error naming the channel
+      (``{"type": "error", "message": M, "channel": C}``), which the default
+      dialect reads as a refused subscription; the connection stays open.
+    - ``max_connections_per_ip`` (256): connections open at once from one IP
+      address, opening handshakes included; one more is refused with HTTP 429
+      (Too Many Requests), which clients retry with backoff. ``None``: no limit.
+      Behind a proxy every client has the proxy's address: raise it or use ``None``.
+    - ``allowed_origins`` (``None``): the ``Origin`` values accepted, against
+      cross-site WebSocket hijacking (a page in a browser connecting with the
+      user's cookies). A handshake without ``Origin`` (not from a browser) is
+      always accepted; one with an ``Origin`` not listed is refused with HTTP 403.
+      ``None`` accepts no browser origin; ``"*"`` accepts every origin.
     - ``max_queued_messages`` (1024) and ``max_queued_bytes`` (16 MiB): the
       per-connection outgoing buffer. When a message would exceed either bound
       the connection is a slow consumer: it is closed with code 1013 and counted
@@ -215,6 +235,9 @@ class Hub:
 
     Binary frames are decoded as UTF-8 JSON, exactly like text frames; replies
     are always text frames.
+
+    The Hub never logs credentials: websockets' debug log, which prints every
+    handshake header and message, is off for its connections.
     """
 
     def __init__(
@@ -229,6 +252,8 @@ class Hub:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         compression: Literal["deflate"] | None = None,
+        max_connections_per_ip: int | None = 256,
+        allowed_origins: Sequence[str] | Literal["*"] | None = None,
     ) -> None:
         for name, value in [
             ("max_message_size", max_message_size),
@@ -236,9 +261,21 @@ class Hub:
             ("max_queued_messages", max_queued_messages),
             ("max_queued_bytes", max_queued_bytes),
             ("max_concurrent_requests", max_concurrent_requests),
+            (
+                "max_connections_per_ip",
+                1 if max_connections_per_ip is None else max_connections_per_ip,
+            ),
         ]:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value!r}")
+        if isinstance(allowed_origins, str) and allowed_origins != "*":
+            raise ValueError(
+                f'allowed_origins must be a list of origins, "*" or None, got {allowed_origins!r}'
+            )
+        if allowed_origins is not None and not isinstance(allowed_origins, str):
+            allowed_origins = list(allowed_origins)
+            if not all(isinstance(origin, str) for origin in allowed_origins):
+                raise ValueError("allowed_origins must hold str origins, like 'https://app.test'")
         if close_timeout <= 0:
             raise ValueError(f"close_timeout must be positive, got {close_timeout!r}")
         self.max_message_size = max_message_size
@@ -250,6 +287,8 @@ class Hub:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.compression = compression
+        self.max_connections_per_ip = max_connections_per_ip
+        self.allowed_origins = allowed_origins
         self._queries: dict[str, Handler] = {"echo": _echo, "time": _time}
         self._commands: dict[str, Handler] = {}
         self._events: dict[str, Handler] = {}
@@ -511,6 +550,9 @@ class _Runtime:
         self.publishes = 0
         self.deliveries = 0
         self.slow_consumer_disconnects = 0
+        self.connections_refused = 0
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._peer_ips: dict[ServerConnection, str] = {}
 
     def statistics(self) -> HubStatistics:
         return HubStatistics(
@@ -525,12 +567,19 @@ class _Runtime:
             publishes=self.publishes,
             deliveries=self.deliveries,
             slow_consumer_disconnects=self.slow_consumer_disconnects,
+            connections_refused=self.connections_refused,
         )
 
     # Lifecycle
 
     async def start(self, host: str, port: int, backlog: int) -> None:
         hub = self.hub
+        origins: list[Origin | None] | None
+        if hub.allowed_origins == "*":
+            origins = None  # websockets: no check at all
+        else:
+            # None in the list: a handshake without Origin (not a browser's) is fine.
+            origins = [None, *(Origin(origin) for origin in hub.allowed_origins or ())]
         self._server = await serve(
             self._handle,
             host,
@@ -541,6 +590,10 @@ class _Runtime:
             ping_interval=hub.ping_interval,
             ping_timeout=hub.ping_timeout,
             compression=hub.compression,
+            origins=origins,
+            process_request=self._process_request,
+            process_response=self._process_response,
+            create_connection=_QuietConnection,
         )
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = host, sockname[1]
@@ -588,10 +641,38 @@ class _Runtime:
             await ws.wait_closed()
         _stop_tasks(session)
 
+    # Opening handshakes. Both hooks are plain functions, so websockets runs
+    # them with no await in between: counting and checking cannot interleave.
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        limit = self.hub.max_connections_per_ip
+        ip = _peer_ip(ws)
+        if limit is not None and ip is not None and self._per_ip[ip] >= limit:
+            logger.debug("refused a connection from %s: %d already open", ip, limit)
+            return ws.respond(http.HTTPStatus.TOO_MANY_REQUESTS, "Too many connections.\n")
+        return None
+
+    def _process_response(self, ws: ServerConnection, request: Request, response: Response) -> None:
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            self.connections_refused += 1
+            return
+        ip = _peer_ip(ws)
+        if ip is not None:
+            self._per_ip[ip] += 1
+            self._peer_ips[ws] = ip
+
+    def _forget_peer(self, ws: ServerConnection) -> None:
+        ip = self._peer_ips.pop(ws, None)
+        if ip is not None:
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+
     # One connection
 
     async def _handle(self, ws: ServerConnection) -> None:
         if self._closing:
+            self._forget_peer(ws)
             with anyio.move_on_after(self.hub.close_timeout):
                 await ws.close(CloseCode.GOING_AWAY)
             return
@@ -613,6 +694,7 @@ class _Runtime:
                     pass
                 tg.cancel_scope.cancel()
         finally:
+            self._forget_peer(ws)
             self._sessions.discard(session)
             for channel in list(session.channels):
                 self._unsubscribe(session, channel)
@@ -626,8 +708,15 @@ class _Runtime:
         try:
             async for data in session.receive_stream:
                 session.queued_bytes -= len(data)
-                await session.ws.send(data, text=True)
+                # Counted before the await: send() writes the frame, then waits
+                # for the drain, and the client may read it (and our statistics)
+                # before send() returns.
                 self.messages_sent += 1
+                try:
+                    await session.ws.send(data, text=True)
+                except ConnectionClosed:
+                    self.messages_sent -= 1  # counted as not sent, though its bytes may have left
+                    raise
         except ConnectionClosed:
             pass
 
@@ -686,6 +775,7 @@ class _Runtime:
                         session,
                         f"subscription limit reached ({self.hub.max_subscriptions})",
                         extra,
+                        channel=channel,
                     )
                     return
                 session.channels.add(channel)
@@ -849,13 +939,45 @@ class _Runtime:
             {"id": reply_id, "type": "error", "requestId": request_id, "error": error, **extra},
         )
 
-    def _system_error(self, session: _Session, error: str, extra: Extra) -> None:
+    def _system_error(
+        self, session: _Session, error: str, extra: Extra, *, channel: str | None = None
+    ) -> None:
+        """Send a system error; one naming ``channel`` refuses the subscription to it."""
         self.errors += 1
         data = {"type": "error", "message": error}
+        if channel is not None:
+            data["channel"] = channel
         self._send(session, {"channel": SYSTEM_CHANNEL, "data": data, **extra})
 
 
 Extra = dict[str, Any]
+
+
+class _QuietConnection(ServerConnection):
+    """websockets' server connection with its debug log off.
+
+    That log prints every handshake header (``Authorization``, ``Cookie``) and
+    the start of every message (the credentials of an ``auth`` request): with
+    logging at DEBUG, secrets would end up in the server's logs.
+    """
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        protocol.debug = False  # read once, by the protocol and by the connection
+        super().__init__(protocol, *args, **kwargs)
+
+
+def _peer_ip(ws: ServerConnection) -> str | None:
+    """The client's IP address (IPv4-mapped IPv6 as IPv4), or None (a Unix socket)."""
+    address = ws.remote_address
+    if not isinstance(address, tuple) or not address or not isinstance(address[0], str):
+        return None
+    try:
+        ip = ipaddress.ip_address(address[0])
+    except ValueError:
+        return address[0]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
 
 
 def _valid_id(value: Any) -> bool:
