@@ -12,12 +12,14 @@ here only what the Client adds to it.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
 import secrets
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -148,7 +150,8 @@ def refusing_server(status: int = 401) -> Iterator[str]:
     """A server in a thread that refuses every handshake with ``status``.
 
     Like a careless server, it echoes the request's path and credential headers
-    in its response, headers and body. Its own logger is not one we scan.
+    in its response, headers, reason phrase and body. Its own logger is not one
+    we scan. With 101 it accepts, echoing them in a malformed extension header.
     """
     loop = LoopThread("refusing-server")
     loop.start()
@@ -161,13 +164,18 @@ def refusing_server(status: int = 401) -> Iterator[str]:
         )
         response = connection.respond(status, f"refused {request.path} {echoed}\n")
         response.headers["X-Echo"] = echoed or "-"
-        return response
+        return dataclasses.replace(response, reason_phrase=f"Refused {echoed}")
+
+    def malform(connection: ServerConnection, request: Request, response: Response) -> None:
+        response.headers["Sec-WebSocket-Extensions"] = request.headers["Authorization"]
 
     async def handler(ws: ServerConnection) -> None:
         pass  # never reached: every handshake is refused
 
     async def start() -> Server:
         logger = logging.getLogger("tests.refusing_server")
+        if status == 101:
+            return await serve(handler, "127.0.0.1", 0, process_response=malform, logger=logger)
         return await serve(handler, "127.0.0.1", 0, process_request=refuse, logger=logger)
 
     server = loop.submit(start()).result(BOUND)
@@ -206,6 +214,17 @@ def auth_hub(accepted: list[bool]) -> Hub:
 
 
 # Secrets: the handshake
+
+
+async def test_malformed_handshake_response_quoting_credentials_hides_them(
+    debug_logs: pytest.LogCaptureFixture,
+) -> None:
+    """A 101 whose malformed header quotes our Authorization: the error says so, unshown."""
+    with refusing_server(101) as url:
+        with pytest.raises(ConnectError) as caught:
+            await connect_transport(url, headers={"Authorization": f"Bearer {SECRET}"})
+        assert "InvalidHeaderFormat" in str(caught.value)
+        assert_hidden(caught.value, caplog=debug_logs)
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "callable"])
@@ -321,7 +340,7 @@ async def test_refused_credentials_are_masked_in_the_error(
         async with client:
             with pytest.raises(RemoteError) as caught:
                 await client.authenticate({"user": "ann", "token": SECRET})
-            assert str(caught.value) == "token *** refused for ***"
+            assert str(caught.value) == "token *** refused for ann"  # 3 characters: shown
             session = client.session()
             async with client.subscribe("news") as sub:
                 assert_hidden(
@@ -370,15 +389,24 @@ async def test_refused_reauthentication_gives_up_without_secrets(
 
 def test_credential_strings_are_found_and_masked() -> None:
     """Every string in the credentials, however nested, is masked in an error's text and data."""
-    credentials: dict[str, Any] = {"user": "ann", "keys": [SECRET, ("pin", f"{SECRET}-2")]}
+    credentials: dict[str, Any] = {"user": "anne", "keys": [SECRET, ("pins", f"{SECRET}-2")]}
     credentials["self"] = credentials  # a cycle must not loop forever
     found = secret_strings(credentials)
     assert found[0] == f"{SECRET}-2"  # longest first: masked whole
-    assert set(found) == {"ann", SECRET, "pin", f"{SECRET}-2"}
-    error = RemoteError(f"no {SECRET}-2 for ann", data={"tried": [SECRET]}, code=401)
+    assert set(found) == {"anne", SECRET, "pins", f"{SECRET}-2"}
+    error = RemoteError(f"no {SECRET}-2 for anne", data={"tried": [SECRET]}, code=401)
     redact_error(error, found)
     assert (str(error), error.data, error.code) == ("no *** for ***", {"tried": ["***"]}, 401)
     assert secret_strings(SECRET) == [SECRET]
+
+
+def test_short_credential_strings_are_not_masked() -> None:
+    """Strings under 4 characters are left alone ("en" would mangle "token"); numbers count."""
+    found = secret_strings({"user": "a", "lang": "en", "v": 1, "pin": 482913, "ok": True})
+    assert found == ["482913"]
+    error = RemoteError("token for a (en) refused: pin 482913")
+    redact_error(error, found)
+    assert str(error) == "token for a (en) refused: pin ***"
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -478,7 +506,7 @@ def test_credentials_over_plain_ws_to_another_host_are_refused(url: str, headers
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1", "127.8.9.10", "[::1]", "localhost", "LOCALHOST", "localhost."]
+    "host", ["127.0.0.1", "127.8.9.10", "[::1]", "[::ffff:127.0.0.1]", "localhost", "LOCALHOST"]
 )
 def test_loopback_hosts_may_receive_credentials_over_plain_ws(host: str) -> None:
     """This machine is exempt: loopback addresses and localhost take credentials over ws://."""
@@ -489,7 +517,10 @@ def test_loopback_detection() -> None:
     """Only localhost and loopback IP literals count as this machine."""
     assert all(map(is_loopback_host, ["127.0.0.1", "127.255.0.1", "::1", "[::1]", "localhost"]))
     assert is_loopback_host("::ffff:127.0.0.1")
-    for host in ["0.0.0.0", "10.0.0.1", "example.test", "localhost.example.test", "::", "fe80::1"]:
+    others = ["0.0.0.0", "10.0.0.1", "example.test", "localhost.example.test", "::", "fe80::1"]
+    # Names DNS may answer (a fully qualified localhost.), shorthand IPv4 read by inet_aton.
+    others += ["localhost.", "127.1", "2130706433", "localhost6", "my.localhost"]
+    for host in others:
         assert not is_loopback_host(host), host
 
 
@@ -550,6 +581,54 @@ async def test_authenticate_is_checked_when_called() -> None:
             with anyio.fail_after(BOUND):
                 await other.authenticate({"token": SECRET}, timeout=0.01)
         assert not isinstance(caught.value, InsecureCredentials)
+
+
+async def test_authenticate_queued_while_reconnecting_is_checked_on_the_new_url() -> None:
+    """authenticate() queued while offline is checked against the URL the queue flushes to."""
+    seen: list[Any] = []
+    hub = Hub(ping_interval=None)
+
+    @hub.on_auth
+    async def auth(credentials: Any, ctx: RequestContext) -> Any:
+        seen.append(credentials)
+        return {"user": "ann"}
+
+    async with hub.serve() as server:
+        gate = anyio.Event()
+        calls: list[int] = []
+
+        async def url() -> str:
+            calls.append(1)
+            if len(calls) > 1:
+                await gate.wait()
+                # This machine, but not by the rule's reading: it stands for another host.
+                return server.url.replace("127.0.0.1", "127.1")
+            return server.url
+
+        client = wsclient.connect(WebSocketFactory(url), heartbeat=None, backoff=FAST)
+        errors: list[BaseException] = []
+        async with client:
+            await server.abort_connections()
+            with anyio.fail_after(BOUND):
+                while len(calls) < 2:  # offline, the next URL not known yet
+                    await anyio.sleep(0.01)
+
+                async def authenticate() -> None:
+                    try:
+                        await client.authenticate({"token": SECRET})
+                    except WSClientError as exc:
+                        errors.append(exc)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(authenticate)
+                    while client.transport.statistics().queue.messages == 0:
+                        await anyio.sleep(0)
+                    gate.set()
+                await client.transport.wait_state(ConnectionState.CLOSED)
+        assert seen == []
+        assert len(errors) == 1
+        last = client.statistics().connection.last_error
+        assert any(isinstance(e, InsecureCredentials) for e in exception_chain(last)), last
 
 
 async def test_authenticate_over_loopback_ws_is_allowed() -> None:
@@ -704,6 +783,36 @@ async def test_refused_handshakes_do_not_count_against_the_address() -> None:
         assert server.statistics().connections_refused == 3
 
 
+_HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def test_handshakes_cut_short_free_their_place() -> None:
+    """Clients resetting right after their request (no handler runs) do not lock the address out."""
+    hub = Hub(ping_interval=None, max_connections_per_ip=2)
+    async with hub.serve() as server:
+        for _ in range(30):  # blocking: request and reset arrive before the Hub reads either
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.sendall(_HANDSHAKE)
+        statuses: set[int | None] = set()
+        with anyio.fail_after(BOUND):
+            while True:  # the resets are noticed soon; until then 429 is right
+                try:
+                    transport = await connect_transport(server.url)
+                except ConnectError as exc:
+                    statuses.add(exc.status)
+                    await anyio.sleep(0.01)
+                else:
+                    break
+        assert statuses <= {429}
+        second = await connect_transport(server.url)
+        await transport.aclose()
+        await second.aclose()
+
+
 async def test_hub_refuses_a_subscription_past_its_limit_and_stays_open() -> None:
     """Past max_subscriptions the subscribe is refused (RemoteError); the connection stays open."""
     errors: list[BaseException] = []
@@ -738,6 +847,15 @@ async def test_hub_refuses_browser_origins_unless_allowed() -> None:
             await connect_transport(url, origin="https://evil.test")
     async with serving(Hub(ping_interval=None, allowed_origins="*")) as url:
         await (await connect_transport(url, origin="https://evil.test")).aclose()
+    # Written loosely, an origin still matches what browsers send, and only that.
+    hub = Hub(ping_interval=None, allowed_origins=["HTTPS://App.test:443/", "http://h.test:8080"])
+    assert hub.allowed_origins == ["https://app.test", "http://h.test:8080"]
+    async with serving(hub) as url:
+        await (await connect_transport(url, origin="https://app.test")).aclose()
+        await (await connect_transport(url, origin="http://h.test:8080")).aclose()
+        for origin in ("http://app.test", "https://app.test:8443", "null", "http://h.test"):
+            with pytest.raises(ConnectError, match="403"):
+                await connect_transport(url, origin=origin)
 
 
 def test_default_dialect_reads_a_channel_error_as_a_refused_subscription() -> None:
@@ -755,6 +873,9 @@ def test_default_dialect_reads_a_channel_error_as_a_refused_subscription() -> No
     [
         {"allowed_origins": "https://app.test"},
         {"allowed_origins": [None]},
+        {"allowed_origins": ["null"]},
+        {"allowed_origins": ["app.test"]},
+        {"allowed_origins": ["https://app.test/path"]},
         {"max_connections_per_ip": 0},
     ],
 )
@@ -814,3 +935,20 @@ def test_cli_serve_takes_allowed_origins_and_a_connection_limit() -> None:
         process.wait(BOUND)
         if process.stderr is not None:
             process.stderr.close()
+
+
+@pytest.mark.parametrize("origin", ["null", "app.test", "https://app.test/path"])
+def test_cli_serve_refuses_an_origin_that_is_not_one(origin: str) -> None:
+    """`wsclient serve --allow-origin` with a non-origin is a usage error (2), not a traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "wsclient", "serve", "--port", "0", "--allow-origin", origin],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "wsclient serve: allowed_origins" in result.stderr
+    assert "Traceback" not in result.stderr

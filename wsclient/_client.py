@@ -235,6 +235,9 @@ class Client(Endpoint):
         # What authenticate() checks its credentials against; a factory of ours only.
         self._ws_factory = factory if isinstance(factory, WebSocketFactory) else None
         self._authenticated = False
+        # authenticate() calls not answered yet: their request may wait in the
+        # outbound queue for the next connection, whose URL is checked then.
+        self._authenticating = 0
         self._state_callbacks: list[StateCallback] = []
         self._error_callbacks: list[ErrorCallback] = []
         self._message_callbacks: list[MessageCallback] = []
@@ -348,12 +351,15 @@ class Client(Endpoint):
         if self._ws_factory is not None:
             self._ws_factory._check_credentials("the credentials given to authenticate()")
         kind, payload = self.dialect.authenticate(credentials)
+        self._authenticating += 1
         try:
             result = await self._request(kind, payload, timeout, "fail", None)
         except RemoteError as exc:
             # A server may quote what it refused ("bad token abc"): not in our errors or logs.
             redact_error(exc, secret_strings(credentials))
             raise
+        finally:
+            self._authenticating -= 1
         self._credentials = credentials
         self._authenticated = True
         return result
@@ -470,9 +476,11 @@ class Client(Endpoint):
         async def send(frame: Any) -> None:
             await transport.send(self._encode(frame), text=self.codec.text)
 
+        if (self._authenticated or self._authenticating) and self._ws_factory is not None:
+            # A URL from a callable may have changed, and the queue, which flushes
+            # after this hook, may hold an authenticate() request checked against the old one.
+            self._ws_factory._check_credentials("the credentials given to authenticate()")
         if self._authenticated:
-            if self._ws_factory is not None:  # a URL from a callable may have changed
-                self._ws_factory._check_credentials("the credentials given to authenticate()")
             kind, payload = self.dialect.authenticate(self._credentials)
             waiter = self._correlator.open(policy="fail")
             try:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-__all__ = ["redact_error", "redact_url", "secret_strings"]
+__all__ = ["credential_pieces", "redact_error", "redact_url", "secret_strings"]
+
+MIN_SECRET = 4
+"""Shorter strings are not masked: a ``"1"`` or ``"en"`` in the credentials would
+mangle every message that holds it, and is no secret worth hiding."""
 
 
 def redact_url(url: str) -> str:
@@ -38,21 +42,39 @@ def secret_strings(credentials: Any) -> list[str]:
     """The strings inside ``credentials`` (values, not keys), longest first.
 
     What a server's error message must not repeat: a token, a password, the
-    user name beside it. Longest first, so a secret that contains another is
-    masked whole.
+    user name beside it; integers count as their digits. Only those of at
+    least ``MIN_SECRET`` (4) characters. Longest first, so a secret that
+    contains another is masked whole.
     """
     found: set[str] = set()
     seen: set[int] = set()  # a container that holds itself must not loop forever
     stack = [credentials]
     while stack:
         value = stack.pop()
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value) if value.bit_length() < 1000 else ""  # a PIN given as a number
         if isinstance(value, str):
-            if value:
+            if len(value) >= MIN_SECRET:
                 found.add(value)
         elif isinstance(value, (dict, list, tuple)) and id(value) not in seen:
             seen.add(id(value))
             stack.extend(value.values() if isinstance(value, dict) else value)
     return sorted(found, key=len, reverse=True)
+
+
+def credential_pieces(values: list[str]) -> list[str]:
+    """What of credential header values a server could quote back, longest first.
+
+    A whole value (``Bearer abc``), what follows its scheme (``abc``), and the
+    value of each ``name=value`` item (``session=abc; theme=dark``).
+    """
+    pieces = []
+    for value in values:
+        pieces.append(value.strip())
+        pieces.append(value.strip().partition(" ")[2].strip())
+        for item in value.replace(",", ";").split(";"):
+            pieces.append(item.partition("=")[2].strip())
+    return secret_strings(pieces)
 
 
 def redact_error(error: BaseException, secrets: list[str]) -> None:

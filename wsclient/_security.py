@@ -23,8 +23,13 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 
 
 def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ``::1``)."""
-    name = host.strip("[]").rstrip(".").lower()
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ``::1``).
+
+    By name, only ``localhost`` itself (any case), which resolvers answer
+    locally; ``localhost.`` (fully qualified) may be asked of DNS, which can
+    answer anything. Shorthand IPv4 (``127.1``) is not a literal here either.
+    """
+    name = host.strip("[]").lower()
     if name == "localhost":
         return True
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import http
 import logging
 import math
 import os
@@ -56,7 +57,7 @@ from ._exceptions import (
     closed_error,
 )
 from ._links import AsyncioLink, Link, LinkOwner, StreamLink
-from ._redact import redact_url
+from ._redact import credential_pieces, redact_url
 from ._security import check_credentials, credential_headers
 from ._version import __version__
 
@@ -602,8 +603,13 @@ class WebSocketTransport(Transport, LinkOwner):
 
     # Opening
 
-    async def _open(self, link: Link, request_bytes: list[bytes]) -> None:
-        """Send the handshake request and wait for the response (caller bounds time)."""
+    async def _open(
+        self, link: Link, request_bytes: list[bytes], secrets: Sequence[str] = ()
+    ) -> None:
+        """Send the handshake request and wait for the response (caller bounds time).
+
+        ``secrets``: what a rejection must not quote back (our credentials).
+        """
         self._link = link
         link.queue(request_bytes, control=False)
         await link.flush()
@@ -612,7 +618,7 @@ class WebSocketTransport(Transport, LinkOwner):
             lambda: self._handshake_done or protocol.handshake_exc is not None or self._closed
         )
         if protocol.handshake_exc is not None:
-            raise _handshake_error(protocol.handshake_exc, self._display_url)
+            raise _handshake_error(protocol.handshake_exc, self._display_url, secrets)
         # A server may accept and then close at once: that is still an open
         # that succeeded, and the messages it sent are waiting in the inbox.
         if not self._handshake_done:
@@ -643,23 +649,37 @@ _STATES = {
 }
 
 
-def _handshake_error(exc: Exception, display_url: str) -> ConnectError:
+def _handshake_error(exc: Exception, display_url: str, secrets: Sequence[str] = ()) -> ConnectError:
     if isinstance(exc, InvalidStatus):
         response = exc.response
         # Its repr would show the response's headers and body, and a server may
         # echo our Authorization there; str() and .response stay as they were.
         exc.args = ()
         status = response.status_code
+        # The standard phrase, not the server's: it may quote our Authorization too.
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
         error = ConnectError(
             f"server at {display_url} rejected the WebSocket handshake: "
-            f"HTTP {status} {response.reason_phrase}".rstrip(),
+            f"HTTP {status} {phrase}".rstrip(),
             status=status,
             retry_after=_retry_after(response.headers),
         )
-    elif isinstance(exc, InvalidHandshake):
-        error = ConnectError(f"invalid WebSocket handshake response from {display_url}: {exc}")
     else:
-        error = ConnectError(f"WebSocket handshake with {display_url} failed: {exc}")
+        detail = str(exc)
+        quoted = any(secret in detail for secret in secrets)
+        if quoted:  # a response header echoing a credential, found malformed
+            detail = f"{type(exc).__name__} (its text quotes our credentials; not shown)"
+        if isinstance(exc, InvalidHandshake):
+            error = ConnectError(
+                f"invalid WebSocket handshake response from {display_url}: {detail}"
+            )
+        else:
+            error = ConnectError(f"WebSocket handshake with {display_url} failed: {detail}")
+        if quoted:
+            return error  # without the cause, whose text would show in a traceback
     error.__cause__ = exc
     return error
 
@@ -882,6 +902,10 @@ async def connect_transport(
     _check_credentials(uri, given, unix_socket, allow_insecure_credentials)
     if user_agent is not None and "User-Agent" not in request.headers:
         request.headers["User-Agent"] = user_agent
+    secrets = credential_pieces(
+        [value for name, value in request.headers.raw_items() if credential_headers([name])]
+        + list(uri.user_info or ())
+    )
     protocol.send_request(request)
 
     transport = WebSocketTransport(
@@ -891,7 +915,7 @@ async def connect_transport(
         with anyio.fail_after(open_timeout):
             link = await _open_link(transport, uri, ssl, server_hostname, unix_socket, display_url)
             try:
-                await transport._open(link, protocol.data_to_send())
+                await transport._open(link, protocol.data_to_send(), secrets)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await link.abort()

@@ -7,7 +7,7 @@ import logging
 
 import anyio
 
-from ._exit import EXIT_FAILED, EXIT_OK
+from ._exit import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 __all__ = ["add_parser", "run"]
 
@@ -56,10 +56,14 @@ def run(args: argparse.Namespace) -> int:
     from wsclient.server import Hub
 
     origins = args.allow_origin
-    hub = Hub(
-        allowed_origins="*" if "*" in origins else origins or None,
-        max_connections_per_ip=args.max_connections_per_ip or None,
-    )
+    try:
+        hub = Hub(
+            allowed_origins="*" if "*" in origins else origins or None,
+            max_connections_per_ip=args.max_connections_per_ip or None,
+        )
+    except ValueError as exc:  # an origin that is not one ("null", "app.test"...)
+        logger.error("wsclient serve: %s", exc)
+        return EXIT_USAGE
 
     async def serve_forever() -> None:
         async with hub.serve(args.host, args.port) as server:

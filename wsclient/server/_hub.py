@@ -32,6 +32,7 @@ import itertools
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -206,14 +207,18 @@ class Hub:
       (``{"type": "error", "message": M, "channel": C}``), which the default
       dialect reads as a refused subscription; the connection stays open.
     - ``max_connections_per_ip`` (256): connections open at once from one IP
-      address, opening handshakes included; one more is refused with HTTP 429
+      address, counted from the accepted handshake until TCP closes (sockets
+      still before it are bounded by websockets' 10 s ``open_timeout`` only);
+      one more is refused with HTTP 429
       (Too Many Requests), which clients retry with backoff. ``None``: no limit.
       Behind a proxy every client has the proxy's address: raise it or use ``None``.
     - ``allowed_origins`` (``None``): the ``Origin`` values accepted, against
       cross-site WebSocket hijacking (a page in a browser connecting with the
       user's cookies). A handshake without ``Origin`` (not from a browser) is
       always accepted; one with an ``Origin`` not listed is refused with HTTP 403.
-      ``None`` accepts no browser origin; ``"*"`` accepts every origin.
+      ``None`` accepts no browser origin; ``"*"`` accepts every origin. Each is
+      ``scheme://host[:port]``, compared as browsers write it (``"HTTPS://App.test:443/"``
+      is ``"https://app.test"``); ``"null"``, which any page can send, is refused.
     - ``max_queued_messages`` (1024) and ``max_queued_bytes`` (16 MiB): the
       per-connection outgoing buffer. When a message would exceed either bound
       the connection is a slow consumer: it is closed with code 1013 and counted
@@ -273,9 +278,7 @@ class Hub:
                 f'allowed_origins must be a list of origins, "*" or None, got {allowed_origins!r}'
             )
         if allowed_origins is not None and not isinstance(allowed_origins, str):
-            allowed_origins = list(allowed_origins)
-            if not all(isinstance(origin, str) for origin in allowed_origins):
-                raise ValueError("allowed_origins must hold str origins, like 'https://app.test'")
+            allowed_origins = [_browser_origin(origin) for origin in allowed_origins]
         if close_timeout <= 0:
             raise ValueError(f"close_timeout must be positive, got {close_timeout!r}")
         self.max_message_size = max_message_size
@@ -660,6 +663,9 @@ class _Runtime:
         if ip is not None:
             self._per_ip[ip] += 1
             self._peer_ips[ws] = ip
+            # The handler may never run (the peer went away before our 101 was
+            # sent, the server began closing): the end of TCP frees the place.
+            ws.connection_lost_waiter.add_done_callback(lambda _: self._forget_peer(ws))
 
     def _forget_peer(self, ws: ServerConnection) -> None:
         ip = self._peer_ips.pop(ws, None)
@@ -951,6 +957,36 @@ class _Runtime:
 
 
 Extra = dict[str, Any]
+
+
+def _browser_origin(origin: object) -> str:
+    """``origin`` as a browser sends it in ``Origin`` (compared exactly): lower
+    case, no default port, no trailing slash; a ValueError if it is not one."""
+    if not isinstance(origin, str):
+        raise ValueError("allowed_origins must hold str origins, like 'https://app.test'")
+    if origin.strip().lower() == "null":
+        # Sandboxed frames and file:// pages of any site send "null": not an origin to trust.
+        raise ValueError('allowed_origins cannot hold "null": any page can send it; "*" says so')
+    try:
+        parts = urllib.parse.urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if (
+        parts is None
+        or not parts.scheme
+        or not parts.hostname
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(
+            f"allowed_origins holds {origin!r}, not an origin like 'https://app.test:8443'"
+        )
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 class _QuietConnection(ServerConnection):
