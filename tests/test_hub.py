@@ -676,6 +676,25 @@ async def test_unhashable_type_gets_system_error() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("field", ["type", "action"])
+async def test_a_value_nested_1000_deep_gets_an_error_not_a_crash(field: str) -> None:
+    """A client's "type" or "action" nested 1,000 levels deep is quoted, bounded, not a crash."""
+    deep = "[" * 1000 + "]" * 1000  # written by hand: orjson writes at most 254 levels
+    message = {
+        "type": '{"type": %s}',
+        "action": '{"action": %s, "channel": "news"}',
+    }[field] % deep
+    async with serve() as server, connect(server.url) as client:
+        await client.send_raw(message)
+        answer = await client.recv_json()
+        text = answer.get("error") or answer["data"]["message"]
+        assert text.startswith("unknown ")
+        assert len(text) < 120
+        await client.send_json({"type": "ping"})
+        assert await client.recv_json() == {"type": "pong"}
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("backlog", [None, 4096])
 async def test_listen_backlog_is_long_enough_for_bursts(
     backlog: int | None, monkeypatch: pytest.MonkeyPatch

@@ -1,9 +1,10 @@
-"""Checks shared by the configuration dataclasses."""
+"""Small checks of values, and bounded reprs of values from the wire, shared by the modules."""
 
 from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from typing import TypeGuard
 
 __all__: list[str] = []
@@ -31,3 +32,27 @@ def check_timeout(value: object, name: str = "timeout") -> float:
         if seconds > 0:
             return seconds
     raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def cut(text: str, limit: int) -> str:
+    """``text``, or its start and ``...`` in ``limit`` characters if it is longer."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def wire_repr(piece: int) -> reprlib.Repr:
+    """A bounded ``repr`` for values from the wire: three levels deep, each string or
+    other value cut at ``piece`` characters, so a deep or huge value cannot blow up."""
+    bounded = reprlib.Repr()
+    bounded.maxlevel = 3
+    bounded.maxstring = bounded.maxother = piece
+    return bounded
+
+
+def short_repr(value: object, bounded: reprlib.Repr, limit: int) -> str:
+    """``bounded.repr(value)`` cut to ``limit`` characters; the type's name for a
+    value it cannot show (an int too long to print, a hostile object)."""
+    try:
+        text = bounded.repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return cut(text, limit)

@@ -14,7 +14,6 @@ requests whose policy is ``resend``; only then does the queue flush.
 from __future__ import annotations
 
 import logging
-import reprlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,7 +24,7 @@ import anyio
 from ._backoff import Backoff
 from ._buffer import BufferPolicy, BufferStatistics, InboundBuffer
 from ._channels import ChannelRegistry, ChannelStatistics
-from ._checks import check_timeout
+from ._checks import check_timeout, short_repr, wire_repr
 from ._codec import Codec, JsonCodec
 from ._correlator import IN_FLIGHT_POLICIES, Correlator, InFlight, RequestStatistics
 from ._dialect import DefaultDialect, Dialect, Inbound, Route
@@ -615,13 +614,7 @@ def connect(url: str | Callable[[], Awaitable[Transport]], **options: Any) -> Cl
 
 def _short(value: Any, limit: int = 40) -> str:
     # Bounded: a request id from the wire may be nested 1000 deep, past repr()'s recursion.
-    try:
-        text = _short_repr.repr(value)
-    except Exception:  # a hostile value: an int too long to print, say
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return short_repr(value, _short_repr, limit)
 
 
-_short_repr = reprlib.Repr()
-_short_repr.maxlevel = 3
-_short_repr.maxstring = _short_repr.maxother = 40
+_short_repr = wire_repr(40)

@@ -26,12 +26,12 @@ a message.
 from __future__ import annotations
 
 import enum
-import reprlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from ._checks import cut, short_repr, wire_repr
 from ._exceptions import RemoteError
 
 __all__ = ["DefaultDialect", "Dialect", "Inbound", "Route"]
@@ -258,20 +258,12 @@ def _text(value: Any, limit: int = 500) -> str:
     if value is None or value == "":
         return "the server sent an error without a message"
     if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = _bounded_repr.repr(value)
-        except Exception:  # an int too long to print, a hostile object
-            text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        return cut(value, limit)
+    return short_repr(value, _bounded_repr, limit)
 
 
 # Bounded: a deeply nested or huge value from the wire must not blow up routing.
-_bounded_repr = reprlib.Repr()
-_bounded_repr.maxlevel = 3
-_bounded_repr.maxstring = 100
-_bounded_repr.maxother = 100
+_bounded_repr = wire_repr(100)
 
 
 def _now_ms() -> int:

@@ -24,9 +24,9 @@ collide.
 
 from __future__ import annotations
 
-import reprlib
 from typing import Any
 
+from ._checks import cut, short_repr, wire_repr
 from ._dialect import Dialect, Inbound, Route
 from ._exceptions import RemoteError
 
@@ -295,8 +295,7 @@ def _remote_error(error: Any, request_id: Any) -> RemoteError:
     good_code = isinstance(code, int) and not isinstance(code, bool)
     if good_code and isinstance(message, str):
         text = message or f"the server sent error {code} without a message"
-        if len(text) > _MESSAGE_LIMIT:  # it ends up in logs: a hostile server could flood them
-            text = text[: _MESSAGE_LIMIT - 3] + "..."
+        text = cut(text, _MESSAGE_LIMIT)  # it ends up in logs: a hostile server could flood them
         return RemoteError(text, code=code, data=data, request_id=request_id)
     faults: list[str] = []
     if not good_code:
@@ -305,27 +304,16 @@ def _remote_error(error: Any, request_id: Any) -> RemoteError:
         faults.append(f"'message' is {_quote(message)}" if "message" in error else "no 'message'")
     text = f"malformed JSON-RPC error ({', '.join(faults)})"
     if isinstance(message, str):
-        text += f": {_cut(message)}"
+        text += f": {cut(message, _QUOTE_LIMIT)}"
     return RemoteError(text, code=code if good_code else None, data=data, request_id=request_id)
 
 
-_repr = reprlib.Repr()
-_repr.maxlevel = 3
-_repr.maxstring = _QUOTE_LIMIT
-_repr.maxother = _QUOTE_LIMIT
+_repr = wire_repr(_QUOTE_LIMIT)
 
 
 def _quote(value: Any) -> str:
     """A short repr of wire data, safe for deep, huge or hostile values."""
-    try:
-        text = _repr.repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return _cut(text)
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 3] + "..."
+    return short_repr(value, _repr, _QUOTE_LIMIT)
 
 
 def _unroutable(message: Any, exc: Exception) -> Inbound:

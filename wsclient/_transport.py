@@ -745,15 +745,19 @@ def check_headers(headers: object) -> None:
 
     Other iterables are left alone: checking would consume them.
     """
-    if isinstance(headers, Mapping):
-        items: Iterable[object] = headers.items()
-    elif isinstance(headers, (list, tuple)):
-        items = headers
-    else:
-        return
-    for item in items:
+    for item in _header_items(headers):
         if isinstance(item, tuple) and len(item) == 2:
             check_header(*item)
+
+
+def _header_items(headers: object) -> Iterable[object]:
+    """The items of ``headers`` given as a mapping or a list; none for other iterables,
+    which checking in advance would consume."""
+    if isinstance(headers, Mapping):
+        return headers.items()
+    if isinstance(headers, (list, tuple)):
+        return headers
+    return ()
 
 
 def check_url_credentials(
@@ -768,13 +772,11 @@ def check_url_credentials(
 
     Other iterables of headers are left alone: checking would consume them.
     """
-    if isinstance(headers, Mapping):
-        names = [name for name in headers if isinstance(name, str)]
-    elif isinstance(headers, (list, tuple)):
-        names = [item[0] for item in headers if isinstance(item, tuple) and item]
-        names = [name for name in names if isinstance(name, str)]
-    else:
-        names = []
+    names = [
+        item[0]
+        for item in _header_items(headers)
+        if isinstance(item, tuple) and item and isinstance(item[0], str)
+    ]
     _check_credentials(_parse_url(url), names, unix_socket, allow_insecure_credentials)
 
 

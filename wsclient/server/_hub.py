@@ -49,6 +49,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Origin
 
+from wsclient._checks import short_repr, wire_repr
 from wsclient._loopthread import LoopThread
 
 __all__ = ["Handler", "Hub", "HubError", "HubServer", "HubStatistics", "RequestContext"]
@@ -1024,7 +1025,13 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, (str, int))
 
 
+_BOUNDED_REPR = wire_repr(64)
+
+
 def _short(value: Any, limit: int = 64) -> str:
-    """``repr`` of a client-supplied value, truncated for error messages."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``repr`` of a client-supplied value, bounded in depth and length for error messages.
+
+    A plain ``repr`` of JSON nested a thousand levels deep (orjson reads up to
+    1024) raises ``RecursionError``.
+    """
+    return short_repr(value, _BOUNDED_REPR, limit)
