@@ -4,8 +4,9 @@ Hypothesis draws the settings and, for the stateful classes, whole sequences
 of operations (``RuleBasedStateMachine``), and checks the invariants after
 every step against a small model. Everything is deterministic: the examples
 are derandomised, no example database is written, time is a fake clock, and
-the few coroutines are driven by hand or on trio's ``MockClock``, which moves
-only when told. ``WSCLIENT_PROPERTY_EXAMPLES=2000`` runs more examples.
+the few coroutines are driven by hand or on virtual time (trio's
+``MockClock``; for the regressions through the Client, looptime on asyncio
+too). ``WSCLIENT_PROPERTY_EXAMPLES=2000`` runs more examples.
 """
 
 from __future__ import annotations
@@ -52,7 +53,15 @@ from wsclient._exceptions import (
 from wsclient._outbound import OutboundQueue, Overflow, QueuePolicy, QueueStatistics
 from wsclient.testing import MemoryTransport
 
+from .conftest import _fake_clock_backend
+
 # Settings
+
+
+def fake_clock(backend: str) -> dict[str, Any]:
+    """anyio.run() options for ``backend`` on virtual time (as the ``fake_clock`` fixture)."""
+    return _fake_clock_backend(backend)[1]
+
 
 _MORE = int(os.environ.get("WSCLIENT_PROPERTY_EXAMPLES") or 0)
 
@@ -1420,7 +1429,8 @@ def test_unsubscribe_bookkeeping_stays_as_small_as_the_queue() -> None:
     assert host.connection.channels == set()
 
 
-def test_regression_rejoined_channel_through_the_client() -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_regression_rejoined_channel_through_the_client(backend: str) -> None:
     """Through the Client: leave and re-join a channel offline; the last word is subscribe."""
     ends: list[MemoryTransport] = []
 
@@ -1455,16 +1465,13 @@ def test_regression_rejoined_channel_through_the_client() -> None:
             await sub.aclose()
             return sent
 
-    sent = anyio.run(
-        main,
-        backend="trio",
-        backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)},
-    )
+    sent = anyio.run(main, backend=backend, backend_options=fake_clock(backend))
     channel_messages = [m for m in sent if m.get("channel") == "prices"]
     assert channel_messages[-1] == {"action": "subscribe", "channel": "prices"}, sent
 
 
-def test_regression_session_closed_while_its_subscribe_waits_for_room() -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_regression_session_closed_while_its_subscribe_waits_for_room(backend: str) -> None:
     """Through the Client: a session closed while its subscribe waits for room unsubscribes."""
     ends: list[MemoryTransport] = []
 
@@ -1505,11 +1512,7 @@ def test_regression_session_closed_while_its_subscribe_waits_for_room() -> None:
                     sent.append(message)
         return sent
 
-    sent = anyio.run(
-        main,
-        backend="trio",
-        backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)},
-    )
+    sent = anyio.run(main, backend=backend, backend_options=fake_clock(backend))
     channel_messages = [m for m in sent if m.get("channel") == "a"]
     # Before the fix the subscribe went out last, and the server kept sending "a".
     assert channel_messages[-1] == {"action": "unsubscribe", "channel": "a"}, sent

@@ -65,6 +65,8 @@ from wsclient._redact import redact_error, secret_strings
 from wsclient._security import is_loopback_host
 from wsclient.server import Hub, HubError, RequestContext
 
+from .servers import closed_port
+
 pytestmark = pytest.mark.anyio
 
 SECRET = f"s3cr3t{secrets.token_hex(6)}"
@@ -536,7 +538,8 @@ async def test_transport_refuses_before_any_network() -> None:
         await connect_transport("ws://host.invalid/", headers={"Authorization": f"Bearer {SECRET}"})
     with pytest.raises(ConnectError) as caught:  # the opt-out goes on to connect (and fails)
         await connect_transport(
-            REMOTE,
+            # Not a loopback name to the check, yet the kernel keeps it on this machine.
+            f"ws://0.0.0.0:{closed_port()}/",
             headers={"Authorization": f"Bearer {SECRET}"},
             allow_insecure_credentials=True,
             open_timeout=0.2,
