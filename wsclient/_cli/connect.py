@@ -90,6 +90,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Command", "UsageError", "add_parser", "parse_line", "run", "split_lines"]
 
+logger = logging.getLogger("wsclient.cli")
+
 
 #: Slash commands: name -> (arguments, what it does). ``/help`` and ``--help`` show this.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -441,6 +443,14 @@ def _read_stdin(portal: BlockingPortal, send: MemoryObjectSendStream[str]) -> No
         concurrent.futures.CancelledError,
     ):
         pass
+    except BaseException:
+        # Anything else: most likely the interpreter finalizing around this
+        # daemon thread after Ctrl-C, where a traceback would only be cut off
+        # halfway. Nobody can act on it, so it goes to the debug log, and the
+        # input ends in case the session still waits for it.
+        logger.debug("reading stdin failed", exc_info=True)
+        with suppress(BaseException):
+            portal.call(send.close)
 
 
 def _stdin_chunks() -> Iterator[bytes]:
