@@ -38,6 +38,7 @@ from ._reconnect import (
     ConnectionStatistics,
     ReconnectingTransport,
     ShouldRetry,
+    StateCallback,
     StateChange,
     WebSocketFactory,
 )
@@ -48,7 +49,6 @@ __all__ = ["Client", "ClientStatistics", "connect"]
 
 logger = logging.getLogger("wsclient.client")
 
-StateCallback = Callable[[StateChange], None]
 ErrorCallback = Callable[[BaseException], None]
 MessageCallback = Callable[[Any], None]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ._buffer import BufferPolicy, BufferStatistics, InboundBuffer
 from ._endpoint import Endpoint
 from ._exceptions import InvalidState
-from ._reconnect import ConnectionState, StateChange
+from ._reconnect import ConnectionState, StateCallback, StateChange
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["Session", "SessionStatistics"]
 
 logger = logging.getLogger("wsclient.mux")
-
-StateCallback = Callable[[StateChange], None]
 
 
 @dataclass(frozen=True)

@@ -47,11 +47,11 @@ from anyio.from_thread import BlockingPortal
 from ._buffer import BufferPolicy
 from ._channels import DeliveryCallback, Subscription, SubscriptionState, SubscriptionStatistics
 from ._checks import check_timeout
-from ._client import Client, ClientStatistics, ErrorCallback, MessageCallback, StateCallback
+from ._client import Client, ClientStatistics, ErrorCallback, MessageCallback
 from ._correlator import InFlight
 from ._endpoint import Endpoint
 from ._mux import Session, SessionStatistics
-from ._reconnect import ConnectionState
+from ._reconnect import ConnectionState, StateCallback
 from ._transport import Transport, check_close
 
 __all__ = ["SyncClient", "SyncSession", "SyncSubscription", "connect"]
