@@ -62,9 +62,12 @@ from common import (
     asyncio_gather,
     available_loops,
     cell,
+    echo_dialect,
     environment,
     importable,
     markdown_table,
+    measure_roundtrips,
+    padded_json,
     percentile,
     pin_self,
     pinning,
@@ -113,18 +116,13 @@ def make_payload(size: int) -> tuple[str, dict[str, Any]]:
     The request's size depends on its id by a few bytes; it is exact for 5-digit ids.
     """
 
-    def padded(frame: Callable[[str], Any]) -> Any:
-        spare = size - len(orjson.dumps(frame("")))
-        if spare < 0:
-            raise ValueError(f"size must be at least {size - spare} bytes")
-        return frame("x" * spare)
-
     def payload(pad: str) -> dict[str, Any]:
         return {"seq": 123456, "ts": 1700000000.123, "pad": pad}
 
-    text = orjson.dumps(padded(lambda pad: {"type": "bench", **payload(pad)})).decode()
-    framed = padded(lambda pad: {"type": "response", "requestId": 10_000, "payload": payload(pad)})
-    assert len(text) == len(orjson.dumps(framed)) == size
+    text = orjson.dumps(padded_json(lambda pad: {"type": "bench", **payload(pad)}, size)).decode()
+    framed = padded_json(
+        lambda pad: {"type": "response", "requestId": 10_000, "payload": payload(pad)}, size
+    )
     return text, framed["payload"]
 
 
@@ -139,19 +137,7 @@ async def measure_latency(
     roundtrip: RoundTrip, check: Callable[[Any], bool], cfg: Config
 ) -> tuple[list[int], float]:
     """Sequential round trips; nanoseconds per round trip and CPU seconds."""
-    reply = None
-    for _ in range(cfg.warmup):
-        reply = await roundtrip()
-    if cfg.warmup and not check(reply):
-        raise RuntimeError(f"unexpected reply {reply!r}")
-    clock = time.perf_counter_ns
-    samples = [0] * cfg.roundtrips
-    cpu = time.process_time()
-    for i in range(cfg.roundtrips):
-        start = clock()
-        await roundtrip()
-        samples[i] = clock() - start
-    return samples, time.process_time() - cpu
+    return await measure_roundtrips(roundtrip, check, cfg.warmup, cfg.roundtrips)
 
 
 async def measure_concurrent(
@@ -197,17 +183,6 @@ async def measure_pipelined(
 
 
 # wsclient: the Client and the bare transport, through anyio on every loop.
-
-
-def echo_dialect() -> Any:
-    """A dialect whose requests are framed as their own replies, for the plain echo server."""
-    import wsclient
-
-    class EchoDialect(wsclient.DefaultDialect):
-        def request(self, request_id: int, kind: str, payload: Any, *, origin: Any = None) -> Any:
-            return {"type": "response", "requestId": request_id, "payload": payload}
-
-    return EchoDialect()
 
 
 async def client_on_echo(cfg: Config) -> Measurement:

@@ -11,12 +11,16 @@ scripts, so this directory is on ``sys.path``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
 import platform
+import random
+import resource
 import shutil
 import statistics
+import string
 import subprocess
 import sys
 import time
@@ -34,6 +38,9 @@ CLIENT_CPU = 1
 LOOPS = ("asyncio", "uvloop", "trio")
 # The distributions whose versions go with the results.
 PACKAGES = ("wsclient", "websockets", "anyio", "trio", "uvloop", "orjson")
+# Descriptors a process needs besides its sockets: stdio, the selector, the
+# loop's self-pipe, the interpreter's own files, with room to spare.
+SPARE_FILES = 64
 
 Task = Callable[[], Coroutine[Any, Any, None]]
 Concurrently = Callable[[Task, Task], Awaitable[None]]
@@ -153,6 +160,66 @@ def worker_main(
     return 0
 
 
+# The work: messages of a given size, round trips, pipelining.
+
+
+def padded_json(frame: Callable[[str], Any], size: int) -> Any:
+    """``frame(pad)``, its JSON (orjson) exactly ``size`` bytes; ``pad``: seeded random letters.
+
+    Random letters rather than one repeated character, so that compression
+    isn't flattered by a payload that deflates to nothing.
+    """
+    import orjson
+
+    spare = size - len(orjson.dumps(frame("")))
+    if spare < 0:
+        raise ValueError(f"size must be at least {size - spare} bytes")
+    rng = random.Random(size)
+    framed = frame("".join(rng.choices(string.ascii_letters, k=spare)))
+    assert len(orjson.dumps(framed)) == size
+    return framed
+
+
+def echo_dialect() -> Any:
+    """A dialect whose requests are framed as their own replies, for the plain echo server.
+
+    ``{"type": "response", "requestId": id, "payload": P}``: the echo of a
+    request is, unchanged, its reply, so the server does no work of its own.
+    """
+    import wsclient
+
+    class EchoDialect(wsclient.DefaultDialect):
+        def request(self, request_id: int, kind: str, payload: Any, *, origin: Any = None) -> Any:
+            return {"type": "response", "requestId": request_id, "payload": payload}
+
+    return EchoDialect()
+
+
+async def measure_roundtrips(
+    roundtrip: Callable[[], Awaitable[Any]],
+    check: Callable[[Any], bool],
+    warmup: int,
+    count: int,
+) -> tuple[list[int], float]:
+    """``warmup`` untimed round trips (the last reply checked), then ``count`` timed ones.
+
+    Returns nanoseconds per timed round trip and this process's CPU seconds for them.
+    """
+    reply = None
+    for _ in range(warmup):
+        reply = await roundtrip()
+    if warmup and not check(reply):
+        raise RuntimeError(f"unexpected reply {reply!r}")
+    clock = time.perf_counter_ns
+    samples = [0] * count
+    cpu = time.process_time()
+    for i in range(count):
+        start = clock()
+        await roundtrip()
+        samples[i] = clock() - start
+    return samples, time.process_time() - cpu
+
+
 # The pipelined test: one sender and one receiver on one connection.
 
 
@@ -268,6 +335,93 @@ async def settle() -> None:
         await anyio.wait_all_tasks_blocked()
 
 
+def rss_kib() -> int | None:
+    """This process's resident set size (VmRSS) in KiB; None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class HandOver:
+    """A factory that first returns a transport opened beforehand, then opens new ones.
+
+    The connections are opened in concurrent batches, but a
+    ``ReconnectingTransport`` (or a ``Client``) must be entered and left by the
+    task that holds it (its task group lives there), so the handshakes run
+    first, in a task group, and each transport is then handed to its
+    connection. Reconnections, if any, go through ``then``.
+    """
+
+    def __init__(self, first: Any, then: Any) -> None:
+        self._first = first
+        self._then = then
+        self.display_url = then.display_url
+
+    async def __call__(self) -> Any:
+        first, self._first = self._first, None
+        if first is not None:
+            return first
+        return await self._then()
+
+
+async def connect_batch(url: str, count: int) -> list[Any]:
+    """``count`` wsclient transports, their handshakes run concurrently."""
+    import anyio
+
+    from wsclient import connect_transport
+
+    opened: list[Any] = []
+
+    async def connect_one() -> None:
+        opened.append(await connect_transport(url, compression=None))
+
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(count):
+                group.start_soon(connect_one)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            for transport in opened:
+                await transport.abort()
+        raise
+    return opened
+
+
+def raise_file_limit(connections: int) -> int:
+    """Raise the soft limit on open files to the hard one; exit if N can't fit.
+
+    The echo server and the workers are children of this process and inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        target = soft
+    else:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            print(f"# could not raise the open-files limit to {target}: {exc}", file=sys.stderr)
+            target = soft
+    if target != resource.RLIM_INFINITY and connections + SPARE_FILES > target:
+        sys.exit(
+            f"{connections} connections need about {connections + SPARE_FILES} open files "
+            f"in the client and as many in the echo server, but the limit is {target} "
+            f"(soft {soft}, hard {hard}). Raise the hard limit (ulimit -Hn, as root, or "
+            f"/etc/security/limits.conf) or open at most {max(1, target - SPARE_FILES)}."
+        )
+    return target
+
+
 def traced_bytes(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
     # The snapshot taken before is alive while the one after is taken: leave
     # tracemalloc's own objects out of the difference.
@@ -359,19 +513,36 @@ def wsclient_source() -> str | None:
     return f"{package} at {commit.strip()}" + ("+dirty" if changes.strip() else "")
 
 
-def environment(pinned: object, **extra: Any) -> dict[str, Any]:
-    """The machine, Python, the pinning, ``extra`` and the versions of :data:`PACKAGES`.
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(
+    pinned: object, *, packages: Sequence[str] = PACKAGES, **extra: Any
+) -> dict[str, Any]:
+    """The machine, Python, the pinning, ``extra`` and the versions of ``packages``.
 
     Take it before the runs: wsclient's source may change meanwhile.
     """
     return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wsclient_source": wsclient_source(),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "kernel": platform.release(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "pinning": pinned,
         **extra,
-        "versions": {name: version(name) for name in PACKAGES},
+        "versions": {name: version(name) for name in packages},
     }

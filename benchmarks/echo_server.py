@@ -9,10 +9,12 @@ frames handled by the protocol core.
 
 Usage::
 
-    python benchmarks/echo_server.py [--port 0] [--compression]
+    python benchmarks/echo_server.py [--port 0] [--compression] [--backlog 16384]
 
 The first line on stdout is ``PORT <number>``, the port the OS chose (or the
 one given). The server listens on 127.0.0.1 only and exits on SIGINT/SIGTERM.
+It raises its own limit on open files to the hard limit, so that it can hold
+as many connections as the system lets it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import resource
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -113,7 +116,7 @@ def make_factory(compression: bool) -> Callable[[], EchoProtocol]:
     return factory
 
 
-async def serve(port: int, compression: bool) -> None:
+async def serve(port: int, compression: bool, backlog: int) -> None:
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
 
@@ -123,11 +126,19 @@ async def serve(port: int, compression: bool) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, request_stop)
-    server = await loop.create_server(make_factory(compression), HOST, port, backlog=1024)
+    server = await loop.create_server(make_factory(compression), HOST, port, backlog=backlog)
     bound_port = server.sockets[0].getsockname()[1]
     print(f"PORT {bound_port}", flush=True)
     async with server:
         await stop
+
+
+def raise_open_files() -> None:
+    """Soft limit on open files up to the hard one: one descriptor per connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -138,7 +149,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="accept permessage-deflate when a client offers it",
     )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=16384,
+        help="listen backlog (default 16384; the kernel caps it at net.core.somaxconn)",
+    )
     args = parser.parse_args(argv)
+    raise_open_files()
     try:
         import uvloop
     except ImportError:
@@ -146,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         run = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        run(serve(args.port, args.compression))
+        run(serve(args.port, args.compression, args.backlog))
     sys.stdout.flush()
 
 

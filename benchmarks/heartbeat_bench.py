@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import resource
 import signal
 import sys
 import time
@@ -37,13 +36,17 @@ from typing import Any
 from common import (
     WORKER_ERRORS,
     Closing,
+    HandOver,
     add_loop_option,
     available_loops,
+    connect_batch,
     environment,
     markdown_table,
     pinning,
     positive,
     put_median,
+    raise_file_limit,
+    rss_kib,
     run_worker,
     settle,
     task_counter,
@@ -54,71 +57,11 @@ from common import (
 from echo_process import start_server, stop_server
 
 HOST = "127.0.0.1"
-# Descriptors a process needs besides its sockets: stdio, the selector, the
-# loop's self-pipe, the interpreter's own files, with room to spare.
-SPARE_FILES = 64
 # Files tracemalloc's report names, per connection.
 TOP_FILES = 8
 
 
 # The worker: one event loop, N connections, in a subprocess of its own.
-
-
-class HandOver:
-    """A factory that first returns a transport opened beforehand, then opens new ones.
-
-    The connections are opened in concurrent batches, but a
-    ``ReconnectingTransport`` must be entered and left by the task that holds
-    it (its task group lives there), so the handshakes run first, in a task
-    group, and each transport is then handed to its ``ReconnectingTransport``.
-    Reconnections, if any, go through ``then``.
-    """
-
-    def __init__(self, first: Any, then: Any) -> None:
-        self._first = first
-        self._then = then
-        self.display_url = then.display_url
-
-    async def __call__(self) -> Any:
-        first, self._first = self._first, None
-        if first is not None:
-            return first
-        return await self._then()
-
-
-def rss_kib() -> int | None:
-    """This process's resident set size (VmRSS) in KiB; None where /proc is missing."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-async def connect_batch(url: str, count: int) -> list[Any]:
-    """``count`` transports, their handshakes run concurrently."""
-    import anyio
-
-    from wsclient import connect_transport
-
-    opened: list[Any] = []
-
-    async def connect_one() -> None:
-        opened.append(await connect_transport(url, compression=None))
-
-    try:
-        async with anyio.create_task_group() as group:
-            for _ in range(count):
-                group.start_soon(connect_one)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            for transport in opened:
-                await transport.abort()
-        raise
-    return opened
 
 
 async def hold_connections(args: argparse.Namespace) -> dict[str, Any]:
@@ -218,36 +161,6 @@ async def hold_connections(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # The runner: limits, the echo server, one worker per loop and repetition.
-
-
-def raise_file_limit(connections: int) -> int:
-    """Raise the soft limit on open files to the hard one; exit if N can't fit.
-
-    The echo server and the workers are children of this process and inherit it.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if hard == resource.RLIM_INFINITY:
-        try:
-            target = int(Path("/proc/sys/fs/nr_open").read_text())
-        except (OSError, ValueError):
-            target = 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        target = soft
-    else:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            print(f"# could not raise the open-files limit to {target}: {exc}", file=sys.stderr)
-            target = soft
-    if target != resource.RLIM_INFINITY and connections + SPARE_FILES > target:
-        sys.exit(
-            f"--connections {connections} needs about {connections + SPARE_FILES} open files "
-            f"in the client and as many in the echo server, but the limit is {target} "
-            f"(soft {soft}, hard {hard}). Raise the hard limit (ulimit -Hn, as root, or "
-            f"/etc/security/limits.conf) or use --connections {max(1, target - SPARE_FILES)}."
-        )
-    return target
 
 
 def worker_options(args: argparse.Namespace, loop: str, url: str, traced: bool) -> list[object]:

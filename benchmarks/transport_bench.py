@@ -27,11 +27,9 @@ import contextlib
 import dataclasses
 import gc
 import os
-import random
 import shutil
 import signal
 import statistics
-import string
 import sys
 import time
 import traceback
@@ -50,6 +48,8 @@ from common import (
     environment,
     importable,
     markdown_table,
+    measure_roundtrips,
+    padded_json,
     percentile,
     positive,
     put_median,
@@ -120,38 +120,21 @@ MIN_SIZE = len(orjson.dumps(PAYLOAD_TEMPLATE))
 
 
 def make_payload(size: int) -> str:
-    """A JSON object of exactly ``size`` bytes, padded with seeded random letters.
-
-    Random letters rather than one repeated character, so that the compressed
-    row isn't flattered by a payload that deflates to nothing.
-    """
-    if size < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE}")
-    rng = random.Random(size)
-    pad = "".join(rng.choices(string.ascii_letters, k=size - MIN_SIZE))
-    payload = orjson.dumps({**PAYLOAD_TEMPLATE, "pad": pad}).decode()
-    assert len(payload.encode()) == size
-    return payload
+    """A JSON object of exactly ``size`` bytes, padded with seeded random letters."""
+    return orjson.dumps(padded_json(lambda pad: {**PAYLOAD_TEMPLATE, "pad": pad}, size)).decode()
 
 
 async def measure_latency(send: Send, recv: Recv, cfg: Config) -> tuple[list[int], float]:
     """Sequential round trips; returns nanoseconds per round trip and CPU seconds."""
     payload = cfg.payload
-    echo = None
-    for _ in range(cfg.warmup):
+
+    async def roundtrip() -> Any:
         await send(payload)
-        echo = await recv()
-    if cfg.warmup and echo != payload:
-        raise RuntimeError(f"echo mismatch: sent {payload!r}, got {echo!r}")
-    clock = time.perf_counter_ns
-    samples = [0] * cfg.roundtrips
-    cpu = time.process_time()
-    for i in range(cfg.roundtrips):
-        start = clock()
-        await send(payload)
-        await recv()
-        samples[i] = clock() - start
-    return samples, time.process_time() - cpu
+        return await recv()
+
+    return await measure_roundtrips(
+        roundtrip, lambda echo: echo == payload, cfg.warmup, cfg.roundtrips
+    )
 
 
 async def measure_pipelined(
