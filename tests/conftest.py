@@ -15,6 +15,8 @@ import looptime
 import pytest
 import trio.testing
 
+from tests.redis_server import redis_server  # noqa: F401 (the session's Redis, a fixture)
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> Any:

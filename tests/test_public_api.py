@@ -39,7 +39,9 @@ def test_package_exports_every_public_name_of_its_private_modules() -> None:
         "_jsonrpc",
         "_mux",
         "_outbound",
+        "_pool",
         "_reconnect",
+        "_relay",
         "_transport",
     ]
     exported = set(wsclient.__all__)

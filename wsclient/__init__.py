@@ -35,6 +35,7 @@ from ._heartbeat import Heartbeat
 from ._jsonrpc import JsonRpcDialect
 from ._mux import Session, SessionStatistics
 from ._outbound import Overflow, QueuePolicy, QueueStatistics
+from ._pool import Pool, PoolPolicy, PoolStatistics, PoolSubscription
 from ._reconnect import (
     ConnectionState,
     ConnectionStatistics,
@@ -43,6 +44,7 @@ from ._reconnect import (
     WebSocketFactory,
     is_retryable,
 )
+from ._relay import Relay, RelayState, RelayStatistics, UpstreamStatistics
 from ._transport import (
     Transport,
     TransportState,
@@ -83,6 +85,10 @@ __all__ = [
     "JsonRpcDialect",
     "MessageTooBig",
     "Overflow",
+    "Pool",
+    "PoolPolicy",
+    "PoolStatistics",
+    "PoolSubscription",
     "ProtocolError",
     "QueueFull",
     "QueuePolicy",
@@ -90,6 +96,9 @@ __all__ = [
     "RawCodec",
     "ReconnectFailed",
     "ReconnectingTransport",
+    "Relay",
+    "RelayState",
+    "RelayStatistics",
     "RemoteError",
     "RequestStatistics",
     "RequestTimeout",
@@ -103,6 +112,7 @@ __all__ = [
     "Transport",
     "TransportState",
     "TransportStatistics",
+    "UpstreamStatistics",
     "WSClientError",
     "WebSocketFactory",
     "WebSocketTransport",

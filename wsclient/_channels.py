@@ -369,8 +369,11 @@ class ChannelRegistry:
 
     # The reader's side
 
-    def deliver(self, channel_name: str, data: Any) -> bool:
-        """Hand a delivery to the channel's subscribers; False if it has none."""
+    def deliver(self, channel_name: str, data: Any, delivery_id: Any = None) -> bool:
+        """Hand a delivery to the channel's subscribers; False if it has none.
+
+        A subscriber with ``_wants_id`` (a pool's) gets ``(delivery_id, data)``.
+        """
         channel = self._channels.get(channel_name)
         if channel is None:
             return False
@@ -383,7 +386,7 @@ class ChannelRegistry:
                 continue
             sub._received += 1
             try:
-                callback(data)
+                callback((delivery_id, data) if sub._wants_id else data)
             except Exception as exc:
                 self._callback_errors += 1
                 logger.exception(
@@ -522,6 +525,8 @@ class Subscription:
     subscriber holds the channel; closing it sends ``unsubscribe`` if it was
     the last. It survives reconnects: the client subscribes again.
     """
+
+    _wants_id = False  # a pool's subscriber: its callback takes (delivery_id, data)
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ requests whose policy is ``resend``; only then does the queue flush.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -43,6 +44,7 @@ from ._reconnect import (
     WebSocketFactory,
 )
 from ._redact import redact_error, redact_url, secret_strings
+from ._relay_client import RelayFactory, is_relay_url
 from ._transport import HeadersLike, Transport, _parse_url
 
 __all__ = ["Client", "ClientStatistics", "connect"]
@@ -125,6 +127,11 @@ class Client(Endpoint):
             [`authenticate()`][wsclient.Client.authenticate]) over ``ws://`` to a host
             other than this machine, in clear text. By default that raises
             [`InsecureCredentials`][wsclient.InsecureCredentials].
+        relay: share one upstream connection with the other processes of this
+            user through a relay (``wsclient relay``) on this Unix socket path;
+            True for the default path. A ``ws+relay://`` or ``wss+relay://``
+            URL means the same for its ``ws://`` or ``wss://`` URL. The relay is
+            started if none answers. The default dialect only; ``ssl`` cannot be set.
     """
 
     def __init__(
@@ -153,6 +160,7 @@ class Client(Endpoint):
         hook_timeout: float = 30.0,
         name: str | None = None,
         allow_insecure_credentials: bool = False,
+        relay: str | os.PathLike[str] | bool | None = None,
     ) -> None:
         if not reconnect and backoff is not None:
             raise ValueError("backoff= makes no sense with reconnect=False")
@@ -176,7 +184,25 @@ class Client(Endpoint):
             app_ping = self._encode(ping)
 
         factory: Callable[[], Awaitable[Transport]]
-        if isinstance(url, str):
+        relayed = relay is not None and relay is not False
+        if isinstance(url, str) and (relayed or is_relay_url(url)):
+            # The connection goes to the relay, which holds the upstream one.
+            if not isinstance(self.dialect, DefaultDialect):
+                raise ValueError("relay= works with the default dialect only")
+            factory = RelayFactory(
+                url,
+                relay=relay,
+                headers=headers,
+                subprotocols=subprotocols,
+                ssl=ssl,
+                max_size=max_size,
+                compression=compression,
+                open_timeout=open_timeout,
+                close_timeout=close_timeout,
+                allow_insecure_credentials=allow_insecure_credentials,
+            )
+            display = factory.display_url
+        elif isinstance(url, str):
             _parse_url(url)  # an invalid URL fails here, not on the first attempt
             factory = WebSocketFactory(
                 url,
@@ -196,6 +222,8 @@ class Client(Endpoint):
                 for k, v in (("headers", headers), ("subprotocols", subprotocols), ("ssl", ssl))
                 if v is not None
             ]
+            if relayed:
+                given.append("relay")
             if given:
                 raise ValueError(
                     f"{', '.join(given)} given with a transport factory: the factory opens"
@@ -229,6 +257,7 @@ class Client(Endpoint):
         self._rt.on_connect(self._on_connect)
         self._rt.on_drop(self._on_drop)
         self._rt.on_state_change(self._on_state_change)
+        self._correlator.spawn = self._rt._spawn  # its request timer runs in our task group
         self._connection: Transport | None = None  # served now: hooks running, or open
         self._credentials: Any = None
         # What authenticate() checks its credentials against; a factory of ours only.
@@ -379,7 +408,10 @@ class Client(Endpoint):
         return self.codec.encode(frame)
 
     async def _send_frame(self, frame: Any) -> bool:
-        return await self._rt.send(self._encode(frame), text=self.codec.text)
+        data = self.codec.encode(frame)
+        if self._rt._send_now(data, self.codec.text) is not None:
+            return True  # the usual case: taken by the open connection, nothing to wait for
+        return await self._rt.send(data, text=self.codec.text)
 
     async def _send_frame_quietly(self, frame: Any) -> None:
         try:
@@ -427,7 +459,7 @@ class Client(Endpoint):
         policy = self._in_flight if in_flight is None else in_flight
         if policy not in IN_FLIGHT_POLICIES:
             raise ValueError(f"in_flight must be one of {IN_FLIGHT_POLICIES}, got {policy!r}")
-        if self._rt.state is ConnectionState.CLOSED:
+        if self._rt.state is _CLOSED:
             raise self._closed_reason()
         correlator = self._correlator
         waiter = correlator.open(origin=origin, policy=policy)
@@ -435,6 +467,18 @@ class Client(Endpoint):
             data = self._encode(self.dialect.request(waiter.id, kind, payload, origin=origin))
             if policy == "resend":
                 waiter.payload = data
+            # The usual case: the open connection takes the request at once, and
+            # the correlator's timer bounds the wait for its reply (no cancel scope).
+            number = self._rt._send_now(data, self.codec.text)
+            if number is not None:
+                waiter.number = number
+                if correlator.arm(waiter, limit):
+                    return await correlator.reply(waiter)
+                with anyio.move_on_after(limit):
+                    return await waiter.wait()
+                if waiter.done:  # the reply came in the same instant as the deadline
+                    return await waiter.wait()
+                raise correlator.timed_out(waiter, limit)
 
             def numbered(number: int) -> None:
                 waiter.number = number
@@ -553,15 +597,18 @@ class Client(Endpoint):
 
     def _dispatch(self, inbound: Inbound) -> None:
         route = inbound.route
-        if route is Route.REPLY:
+        if route is _OTHER:  # the usual routes first, compared without enum lookups
+            self._mux.route(inbound.message, inbound.origin, self._messages)
+            return
+        if route is _REPLY:
             if self._correlator.resolve(inbound):
                 return
             self._report(
                 ProtocolError(f"a reply to no pending request (id {_short(inbound.request_id)})")
             )
-        elif route is Route.DELIVERY:
+        elif route is _DELIVERY:
             assert inbound.channel is not None
-            if self._channels.deliver(inbound.channel, inbound.result):
+            if self._channels.deliver(inbound.channel, inbound.result, inbound.delivery_id):
                 return
         elif route is Route.CONFIRM:
             assert inbound.channel is not None
@@ -607,7 +654,9 @@ def connect(url: str | Callable[[], Awaitable[Transport]], **options: Any) -> Cl
 
     Options are keyword-only and documented on [`Client`][wsclient.Client]. The
     connection opens on entering the context; an invalid URL or option
-    raises here.
+    raises here. ``connect(url, relay=path)`` (or a ``ws+relay://`` URL) shares
+    one upstream connection with the other processes of this user through a
+    relay on this machine, started on demand.
     """
     return Client(url, **options)
 
@@ -618,3 +667,7 @@ def _short(value: Any, limit: int = 40) -> str:
 
 
 _short_repr = wire_repr(40)
+
+# Python 3.11 looks enum members up slowly (about 0.1 µs each): the per-message paths use these.
+_REPLY, _DELIVERY, _OTHER = Route.REPLY, Route.DELIVERY, Route.OTHER
+_CLOSED = ConnectionState.CLOSED

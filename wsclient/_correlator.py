@@ -2,10 +2,16 @@
 
 Each request gets a ``Waiter`` keyed by a fresh integer id. The reader
 resolves it with the reply (or the server's error, raised as
-[`RemoteError`][wsclient.RemoteError]); the asking task waits with a timeout (a
-cancel scope, [`RequestTimeout`][wsclient.RequestTimeout]). Whatever ends the wait
+[`RemoteError`][wsclient.RemoteError]); the asking task waits with a timeout
+([`RequestTimeout`][wsclient.RequestTimeout]). Whatever ends the wait
 (reply, timeout, cancellation, close) removes the waiter, so none outlives
 its request or the client.
+
+A request costs no cancel scope of its own: its deadline goes in a heap, and
+one timer task per client, started when a request needs it and gone when
+none waits, fails the requests whose time is up. The asking task waits on
+the cheapest wake-up its event loop has (a future on asyncio, a task
+reschedule on trio), which the reader completes as it routes the reply.
 
 When a connection drops, the requests *in flight* on it (handed to it, as
 opposed to still queued) follow their policy ([`InFlight`][wsclient.InFlight]): ``fail``
@@ -15,17 +21,27 @@ on the next connection, for idempotent requests only.
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import itertools
-from collections.abc import Callable, Iterator
+import logging
+import math
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import anyio
+import sniffio
 
 from ._dialect import Inbound
 from ._exceptions import ConnectionLost, QueueFull, RequestTimeout
 
 __all__ = ["InFlight", "RequestStatistics"]
+
+logger = logging.getLogger("wsclient.correlator")
+
+# Starts a task in the client's task group; False when it has none (not entered, closed).
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], bool]
 
 InFlight = Literal["fail", "resend"]
 """What happens to a request in flight when its connection drops."""
@@ -91,13 +107,14 @@ class Waiter:
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
-        self._event: anyio.Event | None = None
+        # What wakes the waiting task (see _park): a future, a trio task, an event.
+        self._event: Any = None
 
     def set_result(self, result: Any) -> None:
         if not self.done:
             self.done = True
             self.result = result
-            self._wake()
+            self._wake_up()
 
     def set_error(self, error: BaseException) -> None:
         if not self.done:
@@ -105,17 +122,18 @@ class Waiter:
             self.error = error
             if self.scope is not None and self.number is None:
                 self.scope.cancel()  # not yet accepted: nothing half-written to cut
-            self._wake()
+            self._wake_up()
 
-    def _wake(self) -> None:
-        if self._event is not None:
-            self._event.set()
+    def _wake_up(self) -> None:
+        wake = self._event
+        if wake is not None:
+            self._event = None
+            _unpark(wake)
 
     async def wait(self) -> Any:
         """The result, or raise the error; waits until ``done``."""
-        if not self.done:
-            self._event = anyio.Event()
-            await self._event.wait()
+        while not self.done:
+            await _park(self)
         if self.error is not None:
             raise self.error.with_traceback(None)
         return self.result
@@ -126,13 +144,24 @@ class Waiter:
 
 
 class Correlator:
-    """The table of pending requests of one client (and its sessions)."""
+    """The table of pending requests of one client (and its sessions).
 
-    def __init__(self, *, name: str = "client") -> None:
+    ``spawn`` starts the timer task that enforces the deadlines given to
+    [`arm()`][wsclient._correlator.Correlator.arm]; set it once the client has a task group.
+    """
+
+    def __init__(self, *, name: str = "client", spawn: Spawn | None = None) -> None:
         self._name = name
+        self.spawn = spawn
         self._waiters: dict[int, Waiter] = {}
         self._ids = itertools.count(1)
         self._closed: BaseException | None = None
+        # (deadline, id, waiter, seconds): ids are unique, so waiters are never compared.
+        # Answered requests stay until the timer pops them, or a compaction.
+        self._deadlines: list[tuple[float, int, Waiter, float]] = []
+        self._timer: anyio.CancelScope | None = None  # the timer task's sleep
+        self._timing = False  # a timer task runs (or was started)
+        self._clock: Callable[[], float] | None = None
         self._sent = 0
         self._replies = 0
         self._remote_errors = 0
@@ -184,6 +213,72 @@ class Correlator:
             raise self.timed_out(waiter, within)
         finally:
             self.discard(waiter)
+
+    def arm(self, waiter: Waiter, seconds: float) -> bool:
+        """Have the timer fail ``waiter`` (``timed_out``) once ``seconds`` pass.
+
+        False if there is no timer to do it (no ``spawn``, or it cannot start
+        a task): the caller bounds its wait itself.
+        """
+        if seconds == math.inf:
+            return True  # nothing to time: the reply, or the end of the connection, ends it
+        if self._closed is not None or self.spawn is None:
+            return False
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = _loop_clock()
+        deadline = clock() + seconds
+        deadlines = self._deadlines
+        heapq.heappush(deadlines, (deadline, waiter.id, waiter, seconds))
+        if len(deadlines) > 2 * len(self._waiters) + 64:
+            # Mostly answered requests: keep the heap as small as what waits.
+            waiters = self._waiters
+            deadlines[:] = [entry for entry in deadlines if waiters.get(entry[1]) is entry[2]]
+            heapq.heapify(deadlines)
+        if not self._timing:
+            if not self.spawn(self._run_timer):
+                deadlines.clear()
+                return False
+            self._timing = True
+        elif self._timer is not None and deadline < self._timer.deadline:
+            self._timer.deadline = deadline
+        return True
+
+    async def _run_timer(self) -> None:
+        """Fail the requests whose deadline passed; sleep until the next one; end when none."""
+        deadlines = self._deadlines
+        try:
+            now = (self._clock or _loop_clock())()
+            while True:
+                while deadlines and deadlines[0][0] <= now:
+                    _, request_id, waiter, seconds = heapq.heappop(deadlines)
+                    if self._waiters.get(request_id) is waiter:
+                        self.timed_out(waiter, seconds)
+                if not deadlines or self._closed is not None:
+                    break
+                with anyio.CancelScope(deadline=deadlines[0][0]) as timer:
+                    self._timer = timer
+                    await anyio.sleep_forever()
+                self._timer = None
+                now = (self._clock or _loop_clock())()
+                if timer.cancelled_caught:
+                    # The loop's timer may fire a hair before its clock reads
+                    # the deadline: trust the timer, or this would spin.
+                    now = max(now, timer.deadline)
+        except Exception:  # a bug here must not cancel the client's task group
+            logger.exception("%s: the request timer failed", self._name)
+        finally:
+            self._timer = None
+            self._timing = False
+            self._clock = None
+
+    async def reply(self, waiter: Waiter) -> Any:
+        """Wait for ``waiter``'s outcome, bounded only by its deadline (``arm``)."""
+        while not waiter.done:
+            await _park(waiter)
+        if waiter.error is not None:
+            raise waiter.error.with_traceback(None)
+        return waiter.result
 
     def timed_out(self, waiter: Waiter, seconds: float) -> RequestTimeout:
         """``waiter``'s caller stopped waiting after ``seconds``: forget it, count it.
@@ -277,6 +372,9 @@ class Correlator:
         """Fail every pending request with ``error``; later requests raise it too."""
         if self._closed is None:
             self._closed = error
+        self._deadlines.clear()
+        if self._timer is not None:
+            self._timer.cancel()  # the timer task ends: nothing left to time
         pending = sum(1 for waiter in self._waiters.values() if not waiter.done)
         self.fail(error, everyone=True)
         self._lost += pending if isinstance(error, ConnectionLost) else 0
@@ -297,6 +395,58 @@ class Correlator:
 
     def __repr__(self) -> str:
         return f"<Correlator {self._name} pending={len(self._waiters)} sent={self._sent}>"
+
+
+def _loop_clock() -> Callable[[], float]:
+    """The running event loop's clock (``anyio.current_time``), without anyio's lookup per call."""
+    if sniffio.current_async_library() == "asyncio":
+        return asyncio.get_running_loop().time
+    return anyio.current_time
+
+
+async def _park(waiter: Waiter) -> None:
+    """Wait until ``waiter._wake_up()``, or cancellation.
+
+    A request's whole cost is a few microseconds: anyio's Event (made through
+    a backend lookup, with a deque of waiters) would be a good part of it.
+    """
+    library = sniffio.current_async_library()
+    if library == "asyncio":
+        future = asyncio.get_running_loop().create_future()
+        waiter._event = future
+        try:
+            await future
+        finally:
+            if waiter._event is future:
+                waiter._event = None
+    elif library == "trio":
+        import trio
+
+        task = trio.lowlevel.current_task()
+        waiter._event = task
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if waiter._event is task:
+                waiter._event = None  # no reschedule after this
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+    else:  # pragma: no cover - anyio has no other backend
+        event = anyio.Event()
+        waiter._event = event
+        await event.wait()
+
+
+def _unpark(wake: Any) -> None:
+    if isinstance(wake, asyncio.Future):
+        if not wake.done():
+            wake.set_result(None)
+    elif hasattr(wake, "set"):  # an event
+        wake.set()
+    else:
+        import trio
+
+        trio.lowlevel.reschedule(wake)
 
 
 def _in_flight(waiter: Waiter, left_queue: Callable[[int], bool]) -> bool:

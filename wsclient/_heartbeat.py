@@ -84,6 +84,11 @@ class HeartbeatWatch:
         """True while a probe waits for an answer."""
         return self._probed_at is not None
 
+    def unanswered(self, last_received: float | None) -> bool:
+        """True while a probe went out and nothing has arrived since (as in ``check()``)."""
+        probed_at = self._probed_at
+        return probed_at is not None and (last_received is None or last_received < probed_at)
+
     def check(self, *, now: float, last_received: float | None) -> Verdict:
         """Decide what to do now that the deadline has passed."""
         config = self.config

@@ -48,6 +48,8 @@ REPLY_WRITE_LIMIT = 10.0
 _STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 # Data frames the asyncio link holds before writing them at once, in bytes.
 CORK_LIMIT = 16 * 1024
+# What AsyncioLink._pending starts as; never added to.
+_NO_DATA: deque[bytes] = deque()
 
 
 class LinkOwner(ABC):
@@ -134,7 +136,9 @@ class AsyncioLink(asyncio.Protocol, Link):
         self._transport: asyncio.Transport | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._write_paused = False
-        self._pending: deque[bytes] = deque()  # data held back while writing is paused
+        # Data held back while writing is paused; made when first needed (a deque
+        # costs 760 bytes, and most connections never need one).
+        self._pending: deque[bytes] = _NO_DATA
         self._eof_after_pending = False
         self._cork: list[bytes] = []  # data of the current burst, written together
         self._cork_size = 0
@@ -155,6 +159,10 @@ class AsyncioLink(asyncio.Protocol, Link):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if not self._cork:
+            # A reply came in: what is sent next starts a new burst, and goes at
+            # once, even when no task waited here (a handler took the message).
+            self._burst = False
         self._owner.bytes_received(data)
         self.wake()
 
@@ -234,6 +242,8 @@ class AsyncioLink(asyncio.Protocol, Link):
             # control frames can still go out first.
             if self._cork:
                 self._uncork()
+            if self._pending is _NO_DATA:
+                self._pending = deque()
             self._pending.extend(chunks)
         elif not self._burst:
             # A lone message (request, then wait for the reply) goes at once.
@@ -324,9 +334,10 @@ class StreamLink(Link):
         self._writing = False
         self._written: anyio.Event | None = None  # set when the writer is done
         self._full_writes = 0  # writer runs that wrote until everything queued was out
-        self._data: deque[bytes] = deque()
-        self._control: deque[bytes] = deque()
-        self._changed = anyio.Event()
+        # Made when first needed, like AsyncioLink._pending.
+        self._data: deque[bytes] = _NO_DATA
+        self._control: deque[bytes] = _NO_DATA
+        self._changed: anyio.Event | None = None  # made by a task that waits for news
         self._waiting = 0  # tasks waiting on _changed
         self._reading_paused = False
         self._eof_requested = False
@@ -335,9 +346,10 @@ class StreamLink(Link):
         return anyio.current_time()
 
     def wake(self) -> None:
-        if self._waiting:
-            self._changed.set()
-            self._changed = anyio.Event()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None  # the next task to wait makes a fresh one
+            changed.set()
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition():
@@ -345,6 +357,8 @@ class StreamLink(Link):
                 return
             if self._reading_paused or self._reading:
                 # Someone else reads, or the inbound buffer is full: wait for news.
+                if self._changed is None:
+                    self._changed = anyio.Event()
                 self._waiting += 1
                 try:
                     await self._changed.wait()
@@ -396,7 +410,14 @@ class StreamLink(Link):
 
     def queue(self, chunks: list[bytes], *, control: bool) -> None:
         if not self.lost:
-            (self._control if control else self._data).extend(chunks)
+            if control:
+                if self._control is _NO_DATA:
+                    self._control = deque()
+                self._control.extend(chunks)
+            else:
+                if self._data is _NO_DATA:
+                    self._data = deque()
+                self._data.extend(chunks)
 
     def write_eof(self) -> None:
         self._eof_requested = True

@@ -20,7 +20,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import anyio
 import anyio.lowlevel
@@ -33,6 +33,8 @@ __all__ = ["Overflow", "QueuePolicy", "QueueStatistics"]
 Overflow = Literal["drop_oldest", "drop_newest", "reject", "block"]
 """What a full outbound queue does with one more message ([`QueuePolicy`][wsclient.QueuePolicy])."""
 _OVERFLOWS: tuple[str, ...] = get_args(Overflow)
+# What every queue starts with, never added to (see OutboundQueue.__init__).
+_NOTHING: deque[Any] = deque()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,9 +140,11 @@ class OutboundQueue:
         # the owner can tell which message it was.
         self._on_drop = on_drop
         # (data, text, deadline); deadline is 0.0 and unused without ttl.
-        self._messages: deque[tuple[bytes, bool, float]] = deque()
+        # Made by the first message, as the putters' by the first putter: most
+        # queues of a healthy connection stay empty, and a deque costs 760 bytes.
+        self._messages: deque[tuple[bytes, bool, float]] = _NOTHING
         self._nbytes = 0
-        self._putters: deque[_Putter] = deque()
+        self._putters: deque[_Putter] = _NOTHING
         self._closed: BaseException | None = None
         self._queued = 0
         self._sent = 0
@@ -166,6 +170,11 @@ class OutboundQueue:
 
     def __len__(self) -> int:
         return len(self._messages)
+
+    @property
+    def busy(self) -> bool:
+        """Messages wait, or ``put()`` calls do: a new message must queue behind them."""
+        return bool(self._messages or self._putters)
 
     def put_nowait(self, data: bytes, text: bool) -> bool:
         """Add a message without waiting; False if ``drop_newest`` dropped it.
@@ -218,6 +227,8 @@ class OutboundQueue:
             return True
 
         putter = _Putter(size)
+        if self._putters is _NOTHING:
+            self._putters = deque()
         self._putters.append(putter)
         try:
             while True:
@@ -354,6 +365,8 @@ class OutboundQueue:
     def _append(self, data: bytes, text: bool, size: int) -> None:
         ttl = self._policy.ttl
         deadline = 0.0 if ttl is None else self._clock() + ttl
+        if self._messages is _NOTHING:
+            self._messages = deque()
         self._messages.append((data, text, deadline))
         self._nbytes += size
         self._queued += 1

@@ -22,14 +22,14 @@ import math
 import ssl
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ._backoff import Backoff, RetrySchedule
 from ._checks import check_timeout
@@ -52,6 +52,7 @@ from ._outbound import OutboundQueue, QueuePolicy, QueueStatistics
 from ._redact import redact_url
 from ._security import check_credentials
 from ._transport import (
+    QUEUED,
     HeadersLike,
     Transport,
     TransportState,
@@ -95,6 +96,9 @@ class ConnectionState(enum.Enum):
 
 
 _C = ConnectionState
+# Python 3.11 looks enum members up slowly (about 0.1 µs): the hot paths use these.
+_CONNECTING = ConnectionState.CONNECTING
+_T_OPEN = TransportState.OPEN
 # Every transition allowed, in one table; RECONNECTING -> RECONNECTING is a
 # failed attempt, reported so that failures are visible as they happen.
 _TRANSITIONS: Mapping[ConnectionState | None, frozenset[ConnectionState]] = {
@@ -315,6 +319,62 @@ class ReconnectingTransport:
         name: how logs and ``repr`` name the connection (the URL, without secrets).
     """
 
+    # Slots: over 30 attributes, an instance dict would cost 1.5 KiB a connection.
+    # Every attribute is listed here; one set in __init__ must be added.
+    __slots__ = (
+        "__weakref__",
+        "_accepted",
+        "_app_ping",
+        "_attempts",
+        "_backoff",
+        "_close_timeout",
+        "_closed",
+        "_closing",
+        "_connection_group",
+        "_connections",
+        "_drop_callbacks",
+        "_factory",
+        "_failed_attempts",
+        "_failure",
+        "_flushed",
+        "_flushing",
+        "_given_name",
+        "_grace_periods",
+        "_handler_errors",
+        "_heard_at",
+        "_heard_count",
+        "_heartbeat",
+        "_heartbeat_timeouts",
+        "_hook_error",
+        "_hook_timeout",
+        "_hooks",
+        "_inbox",
+        "_last_error",
+        "_last_rtt",
+        "_live",
+        "_live_transports",
+        "_message_handler",
+        "_messages_received",
+        "_opened_at",
+        "_probes",
+        "_queue",
+        "_retry_first_connect",
+        "_settled",
+        "_should_retry",
+        "_stack",
+        "_state",
+        "_state_callbacks",
+        "_supervisor_scope",
+        "_task_group",
+        "_transport",
+        "_watch",
+        "_watchers",
+        "_write_wanted",
+        "_writer_retiring",
+        "_writing_behind",
+        "_wrote_lately",
+    )
+
     def __init__(
         self,
         factory: TransportFactory,
@@ -356,16 +416,21 @@ class ReconnectingTransport:
         self._watchers: weakref.WeakSet[_StateChanges] | None = None
         self._inbox: _Inbox[str | bytes] = _Inbox(max_inbound)
 
-        self._stack: AsyncExitStack | None = None
+        self._stack: anyio.abc.TaskGroup | None = None  # our task group, entered
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._connection_group: anyio.abc.TaskGroup | None = None
+        self._connection_group: _ConnectionTasks | None = None
         # Made on entering: anyio's primitives need a running event loop, and
         # a transport may be configured before one runs.
         self._supervisor_scope: anyio.CancelScope | None = None
         self._transport: Transport | None = None
         self._live: Transport | None = None  # set once hooks are done: direct sends allowed
+        self._watch: HeartbeatWatch | None = None  # the newest connection's, for heartbeat_late
         self._flushing = False
         self._flushed = _Flag()  # set when the running flusher stops
+        self._writing_behind = False  # see _write_behind
+        self._write_wanted: anyio.Event | None = None  # set to wake _write_behind
+        self._writer_retiring = False
+        self._wrote_lately = False  # something was queued for it since the last heartbeat
         self._settled = _Flag()  # the first connection opened, or we gave up
         self._closed = _Flag()
         self._closing = False
@@ -400,12 +465,23 @@ class ReconnectingTransport:
     @property
     def state(self) -> ConnectionState:
         """The current state (CONNECTING before the first connection opens)."""
-        return self._state or ConnectionState.CONNECTING
+        return self._state or _CONNECTING
 
     @property
     def transport(self) -> Transport | None:
         """The current connection while OPEN, else None."""
         return self._live
+
+    @property
+    def heartbeat_late(self) -> bool:
+        """True while OPEN with a heartbeat probe unanswered: nothing heard for ``interval``.
+
+        A pool skips such a connection; it is dropped if nothing arrives within ``timeout``.
+        """
+        watch, live = self._watch, self._live
+        if watch is None or live is None or not watch.probing:
+            return False
+        return watch.unanswered(live.statistics().last_received_at)
 
     def on_connect(self, hook: OnConnect) -> OnConnect:
         """Run ``await hook(transport)`` after every (re)connect, before the queue flushes.
@@ -516,25 +592,30 @@ class ReconnectingTransport:
     async def __aenter__(self) -> ReconnectingTransport:
         if self._state is not None:
             raise InvalidState("a ReconnectingTransport can be entered only once")
-        self._supervisor_scope = anyio.CancelScope()
-        stack = AsyncExitStack()
-        self._task_group = await stack.enter_async_context(anyio.create_task_group())
+        # Shielded: only _shut_down() cancels our tasks (__aexit__ always runs it),
+        # and a scope of ours that exits then need not look at every scope around
+        # the caller's (anyio walks them on asyncio: a thousand clients nested in
+        # one task made each heartbeat walk a thousand).
+        self._supervisor_scope = anyio.CancelScope(shield=True)
+        # Entered here, left in __aexit__ (no AsyncExitStack: 760 bytes a connection).
+        group = anyio.create_task_group()
+        self._task_group = await group.__aenter__()
         try:
             self._set_state(ConnectionState.CONNECTING)
-            self._task_group.start_soon(self._supervise)
+            group.start_soon(self._supervise)
             await self._settled.wait()
         except BaseException:
             try:
                 await self._shut_down()
             finally:
-                await stack.aclose()
+                await group.__aexit__(None, None, None)
             raise
         if self._failure is not None:
             # Leave the group first: the error then propagates as itself,
             # not wrapped in an ExceptionGroup.
-            await stack.aclose()
+            await group.__aexit__(None, None, None)
             raise self._failure.with_traceback(None)
-        self._stack = stack
+        self._stack = group
         return self
 
     async def __aexit__(
@@ -546,12 +627,12 @@ class ReconnectingTransport:
         try:
             await self.aclose()
         finally:
-            stack, self._stack = self._stack, None
-            if stack is not None:
+            group, self._stack = self._stack, None
+            if group is not None:
                 # Our tasks are cancelled and never raise: leaving the group
                 # without the body's exception lets it propagate as itself,
                 # not wrapped in an ExceptionGroup.
-                await stack.aclose()
+                await group.__aexit__(None, None, None)
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Flush the queue (bounded by ``close_timeout``), close the connection, stop.
@@ -645,7 +726,7 @@ class ReconnectingTransport:
             live is not None
             and not (self._flushing or self._closing or len(self._queue) or self._queue.waiting)
             # Dead but not yet noticed by the reader: the message waits in the queue.
-            and live.state is TransportState.OPEN
+            and live.state is _T_OPEN
         ):
             _check_message(data)
             self._accepted += 1
@@ -667,6 +748,72 @@ class ReconnectingTransport:
             on_accepted(number)
         self._start_flusher()
         return number
+
+    def _send_now(self, data: str | bytes, text: bool | None) -> int | None:
+        """``submit()`` for when it would not wait: the message goes to the open
+        connection at once; its number. None, with nothing done, when ``submit()``
+        must be awaited instead (queued messages go first, or the link is slow)."""
+        live = self._live
+        if type(data) is not bytes and type(data) is not str:
+            _check_message(data)
+        if live is None or self._flushing or self._closing or self._queue.busy:
+            return None
+        sent = live._send_nowait(data, text)
+        if not sent:
+            return None
+        if sent == QUEUED:
+            self._wake_writer(live)
+        self._accepted += 1
+        return self._accepted
+
+    def _wake_writer(self, transport: Transport) -> None:
+        """Have ``_write_behind`` write what the connection queued (a stream link)."""
+        self._wrote_lately = True
+        wanted = self._write_wanted
+        if wanted is not None:
+            self._write_wanted = None
+            wanted.set()
+        elif not self._writing_behind and self._connection_group is not None:
+            self._writing_behind = True
+            self._connection_group.start_soon(self._write_behind, transport)
+
+    async def _write_behind(self, transport: Transport) -> None:
+        """Write what senders queue on the connection without waiting (trio).
+
+        The sender returns at once and a burst goes out in a few writes, not one
+        per message; a request waits for its reply, bounded by its own timer.
+        Runs until the connection ends (it is one of its tasks).
+        """
+        try:
+            while self._live is transport:
+                await transport._drain()
+                # No await since the drain: nothing was queued meanwhile.
+                if self._writer_retiring:
+                    break
+                wanted = self._write_wanted = anyio.Event()
+                await wanted.wait()
+        finally:
+            self._writing_behind = False
+            self._write_wanted = None
+            self._writer_retiring = False
+
+    def _retire_writer(self) -> None:
+        """At a heartbeat: end ``_write_behind`` if nothing was sent since the last
+        one, so that an idle connection keeps no task but its reader."""
+        wanted = self._write_wanted
+        if wanted is not None and not self._wrote_lately:
+            self._writer_retiring = True
+            self._write_wanted = None
+            wanted.set()  # it drains (anything queued just now goes out), then ends
+        self._wrote_lately = False
+
+    def _spawn(self, function: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run ``function`` in a task of ours (cancelled on close); False if closed."""
+        group = self._task_group
+        if group is None or self._closing or self._state is ConnectionState.CLOSED:
+            return False
+        group.start_soon(function)
+        return True
 
     def send_nowait(self, data: str | bytes, *, text: bool | None = None) -> bool:
         """Queue a message without ever waiting; it is written as soon as possible.
@@ -726,7 +873,7 @@ class ReconnectingTransport:
         """Write the queue out, in order, until it is empty or the connection ends."""
         queue = self._queue
         try:
-            while self._live is transport and transport.state is TransportState.OPEN:
+            while self._live is transport and transport.state is _T_OPEN:
                 item = queue.peek()
                 if item is None:
                     break
@@ -898,18 +1045,21 @@ class ReconnectingTransport:
         self._transport = transport
         self._hook_error = None
         self._opened_at = None
+        assert self._task_group is not None  # entered
+        tasks = self._connection_group = _ConnectionTasks(self._task_group)
         try:
-            async with anyio.create_task_group() as group:
-                self._connection_group = group
-                group.start_soon(self._establish, transport)
-                error = await self._read(transport)
-                # No await since the reader returned: no flusher can start now.
-                self._connection_group = None
-                self._live = None
-                group.cancel_scope.cancel()
+            tasks.start_soon(self._establish, transport)
+            error = await self._read(transport)
+            # No await since the reader returned: no flusher can start now.
         finally:
             self._connection_group = None
             self._live = None
+            tasks.cancel()
+            with anyio.CancelScope(shield=True):
+                await tasks.wait()  # they are cancelled: at once
+                # A scheduling point, as leaving a task group is: tasks that were
+                # about to send on this connection do so before it is declared lost.
+                await anyio.lowlevel.cancel_shielded_checkpoint()
             self._flushing = False
             if transport.state is not TransportState.CLOSED:
                 with anyio.CancelScope(shield=True):
@@ -953,10 +1103,14 @@ class ReconnectingTransport:
         config = self._heartbeat
         watch = None
         if config is not None:
-            watch = HeartbeatWatch(config, now=anyio.current_time())
+            watch = self._watch = HeartbeatWatch(config, now=anyio.current_time())
             self._heard_count = self._messages_received
             self._heard_at = None
         handler = self._message_handler
+        if handler is not None:
+            # Messages then go to the handler as they are read, with no task
+            # woken for each; receive() below returns only the end.
+            transport._set_message_handler(self._handle_message)
         inbox = self._inbox
         try:
             while True:
@@ -988,6 +1142,15 @@ class ReconnectingTransport:
         except ConnectionClosed as exc:
             return exc
 
+    def _handle_message(self, message: str | bytes) -> None:
+        """The message handler, counted and guarded, as the transport calls it."""
+        self._messages_received += 1
+        try:
+            self._message_handler(message)  # type: ignore[misc]  # set when this is used
+        except Exception:
+            self._handler_errors += 1
+            logger.exception("%s: message handler raised", self._name)
+
     def _heard(self, transport: Transport) -> float | None:
         """When the server was last heard from, for the heartbeat."""
         stamp = transport.statistics().last_received_at
@@ -1002,6 +1165,7 @@ class ReconnectingTransport:
 
     async def _beat(self, transport: Transport, watch: HeartbeatWatch) -> None:
         """The watch's deadline passed: wait on, probe, or declare the connection dead."""
+        self._retire_writer()
         while True:
             graces = watch.grace_periods
             verdict = watch.check(now=anyio.current_time(), last_received=self._heard(transport))
@@ -1087,6 +1251,10 @@ def _log_change(name: str, change: StateChange) -> None:
     logger.log(level, "%s", text)
 
 
+# Every inbox starts as this one, never added to: an empty deque costs 760 bytes.
+_NOTHING: deque[Any] = deque()
+
+
 def _retry_after(error: BaseException | None) -> float:
     """The server's Retry-After, honoured for 429 and 503 (RFC 9110 10.2.3)."""
     if isinstance(error, ConnectError) and error.status in (429, 503) and error.retry_after:
@@ -1105,6 +1273,56 @@ def _to_queue_item(data: str | bytes, text: bool | None) -> tuple[bytes, bool]:
 def _check_message(data: object) -> None:
     if not isinstance(data, (str, bytes, bytearray, memoryview)):
         raise TypeError(f"a message is str or bytes, not {type(data).__name__}")
+
+
+class _ConnectionTasks:
+    """The short-lived tasks of one connection (its hooks, the queue's flusher).
+
+    They run in the transport's task group, each under a cancel scope of its
+    own, cancelled when the connection ends: a task group per connection
+    would cost 1 KiB for the connection's whole life.
+    """
+
+    __slots__ = ("_done", "_group", "_running", "_scopes", "cancelled")
+
+    def __init__(self, group: anyio.abc.TaskGroup) -> None:
+        self._group = group
+        self._scopes: list[anyio.CancelScope] = []
+        self._running = 0
+        self._done: _Flag | None = None
+        self.cancelled = False
+
+    def start_soon(self, function: Callable[..., Coroutine[Any, Any, None]], *args: object) -> None:
+        self._running += 1
+        self._group.start_soon(self._run, function, args)
+
+    async def _run(
+        self, function: Callable[..., Coroutine[Any, Any, None]], args: tuple[object, ...]
+    ) -> None:
+        try:
+            with anyio.CancelScope() as scope:
+                if self.cancelled:
+                    scope.cancel()  # the connection ended before this task began
+                self._scopes.append(scope)
+                try:
+                    await function(*args)
+                finally:
+                    self._scopes.remove(scope)
+        finally:
+            self._running -= 1
+            if not self._running and self._done is not None:
+                self._done.set()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    async def wait(self) -> None:
+        """Return once every task has ended."""
+        while self._running:
+            self._done = _Flag()
+            await self._done.wait()
 
 
 class _Flag:
@@ -1143,7 +1361,7 @@ class _Inbox(Generic[_T]):
     __slots__ = ("_closed", "_items", "_readable", "_room", "_size")
 
     def __init__(self, size: int) -> None:
-        self._items: deque[_T] = deque()
+        self._items: deque[_T] = _NOTHING  # made by the first item: most inboxes stay empty
         self._size = size
         self._readable: anyio.Event | None = None  # a consumer waits for an item
         self._room: anyio.Event | None = None  # the producer waits for room
@@ -1151,9 +1369,12 @@ class _Inbox(Generic[_T]):
 
     def put_nowait(self, item: _T) -> bool:
         """Add ``item`` unless full; False means it was not added."""
-        if len(self._items) >= self._size:
+        items = self._items
+        if len(items) >= self._size:
             return False
-        self._items.append(item)
+        if items is _NOTHING:
+            items = self._items = deque()
+        items.append(item)
         if self._readable is not None:
             self._readable.set()
             self._readable = None
@@ -1171,14 +1392,13 @@ class _Inbox(Generic[_T]):
 
     async def get(self) -> _T | None:
         """The next item, or None once closed and empty."""
-        items = self._items
-        while not items:
+        while not self._items:
             if self._closed:
                 return None
             if self._readable is None:
                 self._readable = anyio.Event()
             await self._readable.wait()
-        item = items.popleft()
+        item = self._items.popleft()
         if self._room is not None:
             self._room.set()
             self._room = None

@@ -23,7 +23,7 @@ import struct
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -37,7 +37,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, PayloadTooBig
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.frames import Frame, Opcode
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI, parse_uri
 
@@ -74,6 +74,12 @@ logger = logging.getLogger("wsclient.transport")
 USER_AGENT = f"wsclient/{__version__}"
 
 _TEXT, _BINARY, _CONT, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
+_FRAME_PARSER = Protocol.parse  # websockets' frame parser, without the client's handshake
+# Python 3.11 looks enum members up slowly (about 0.1 µs): the hot paths use these.
+_OPEN = State.OPEN
+# Every buffer starts as this one, never added to: an empty deque costs 760 bytes,
+# and a connection whose messages go to a handler never needs its own.
+_NO_MESSAGES: deque[str | bytes] = deque()
 _CONTROL_OPCODES = frozenset({0x9, 0xA})  # ping, pong: may overtake queued data
 
 # Masking keys are drawn from os.urandom in bulk: one system call per 256
@@ -85,6 +91,12 @@ _HEAD_LONG = struct.Struct("!BBQ").pack
 
 
 _TransportT = TypeVar("_TransportT", bound="Transport")
+
+# What Transport._send_nowait() did with a message.
+SENT = 1  # written, or the event loop writes it
+QUEUED = 2  # queued in order: a task must await _drain()
+# Messages a stream link holds for its writer before send() waits for it again.
+WRITE_BEHIND_LIMIT = 512
 
 
 class TransportState(enum.Enum):
@@ -224,6 +236,27 @@ class Transport(ABC):
     def statistics(self) -> TransportStatistics:
         """A snapshot of this transport's counters."""
 
+    def _send_nowait(self, data: str | bytes, text: bool | None) -> int:
+        """Send one message now if that needs no waiting, as ``send()`` would.
+
+        Returns ``SENT`` (written, or the event loop writes it), ``QUEUED``
+        (queued in order: some task must ``await _drain()``), or 0 with nothing
+        sent: then ``await send()``.
+        """
+        return 0
+
+    async def _drain(self) -> None:  # noqa: B027 - optional, like _send_nowait
+        """Write what ``_send_nowait`` queued (for ``QUEUED``)."""
+
+    def _set_message_handler(self, handler: Callable[[str | bytes], None]) -> bool:
+        """Hand every message to ``handler`` as it arrives instead of buffering it.
+
+        For a reader that would only hand each message on: no task wakes up per
+        message. ``receive()`` then returns only the end of the connection.
+        False if this transport cannot: keep calling ``receive()``.
+        """
+        return False
+
     async def __aenter__(self: _TransportT) -> _TransportT:
         return self
 
@@ -266,7 +299,7 @@ class WebSocketTransport(Transport, LinkOwner):
         self._high_water = max(1, max_queue)
         self._low_water = self._high_water // 4
         self._link: Link | None = None
-        self._inbox: deque[str | bytes] = deque()
+        self._inbox: deque[str | bytes] = _NO_MESSAGES  # made by the first message it holds
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._pings: dict[bytes, tuple[float, anyio.Event]] = {}
@@ -277,6 +310,16 @@ class WebSocketTransport(Transport, LinkOwner):
         self._counters = TransportCounters()
         self._masks = b""
         self._mask_at = _MASK_POOL
+        # See _set_message_handler; _ended wakes a reader that has nothing to read.
+        self._handler: Callable[[str | bytes], None] | None = None
+        self._ended: asyncio.Future[None] | None = None
+        self._push = False  # the link is an AsyncioLink: the loop reads and writes for us
+        self._unflushed = 0  # messages _send_nowait queued on a stream link since the last flush
+        # See _read_frames: whether it frames inbound bytes, and a partial frame.
+        self._framing = False
+        self._fresh_parser = False
+        self._partial = bytearray()
+        self._partial_need = 0
 
     # Public API
 
@@ -307,6 +350,15 @@ class WebSocketTransport(Transport, LinkOwner):
     def statistics(self) -> TransportStatistics:
         return self._counters.snapshot(self.state, len(self._inbox))
 
+    def _set_message_handler(self, handler: Callable[[str | bytes], None]) -> bool:
+        self._handler = handler
+        inbox = self._inbox
+        while inbox:  # what came before the handler, in order
+            handler(inbox.popleft())
+        if self._link is not None:
+            self._link.resume_reading()
+        return True
+
     def __repr__(self) -> str:
         state = self.state.name
         if self._closed:
@@ -315,9 +367,72 @@ class WebSocketTransport(Transport, LinkOwner):
 
     async def send(self, data: str | bytes, *, text: bool | None = None) -> None:
         protocol = self._protocol
-        if protocol.state is not State.OPEN:
+        if protocol.state is not _OPEN:
             raise self._not_open_error()
         link = self._require_link()
+        self._queue_message(link, data, text)
+        if link.backlogged:
+            await link.flush()
+            if self._closed:
+                # The link died while our frame waited for the peer to read it.
+                raise self._closed_exception()
+            if not link.backlogged:
+                self._unflushed = 0  # what _send_nowait queued went out too
+
+    def _send_nowait(self, data: str | bytes, text: bool | None) -> int:
+        """Queue one message without waiting: on an asyncio link its write is the
+        loop's job (``SENT``); on a stream link some task must ``_drain()``
+        (``QUEUED``). 0, with nothing sent, where ``send()`` would wait."""
+        link = self._link
+        protocol = self._protocol
+        if protocol.state is not _OPEN or link is None:
+            return 0
+        if not self._push:
+            # A stream link (trio): the frames of a burst go out in a few
+            # writes, by a task of the caller's, not a write per message.
+            if self._unflushed >= WRITE_BEHIND_LIMIT:
+                return 0  # the writer is behind: send() waits for it
+            self._queue_message(link, data, text)
+            self._unflushed += 1
+            return QUEUED
+        if link.backlogged:
+            return 0  # a slow peer: send() waits for it
+        if type(data) is not bytes or (
+            protocol.extensions or protocol.expect_continuation_frame or protocol.writes
+        ):
+            self._queue_message(link, data, text)
+            return SENT
+        # _queue_message's common case, inlined: this runs once per message sent.
+        at = self._mask_at
+        if at == _MASK_POOL:
+            self._masks = os.urandom(_MASK_POOL)
+            at = 0
+        self._mask_at = at + 4
+        mask = self._masks[at : at + 4]
+        first = 0x81 if text else 0x82  # FIN and the opcode
+        length = len(data)
+        if length < 126:
+            head = _HEAD_SHORT(first, 0x80 | length)
+        elif length < 65536:
+            head = _HEAD_MEDIUM(first, 0xFE, length)
+        else:
+            head = _HEAD_LONG(first, 0xFF, length)
+        frame = head + mask + apply_mask(data, mask)
+        counters = self._counters
+        counters.bytes_sent += len(frame)
+        counters.messages_sent += 1
+        link.queue([frame], control=False)
+        return SENT
+
+    async def _drain(self) -> None:
+        link = self._link
+        while link is not None and link.backlogged and not self._closed:
+            self._unflushed = 0  # this flush writes every frame queued so far
+            await link.flush()
+
+    def _queue_message(self, link: Link, data: str | bytes, text: bool | None) -> None:
+        """Frame one message and queue it on ``link``, in order."""
+        protocol = self._protocol
         if isinstance(data, str):
             data, opcode = data.encode(), _TEXT
         else:
@@ -342,24 +457,28 @@ class WebSocketTransport(Transport, LinkOwner):
             self._counters.bytes_sent += len(frame)
             link.queue([frame], control=False)
         self._counters.messages_sent += 1
-        if link.backlogged:
-            await link.flush()
-            if self._closed:
-                # The link died while our frame waited for the peer to read it.
-                raise self._closed_exception()
 
     async def receive(self) -> str | bytes:
-        inbox = self._inbox
-        while not inbox:
+        while not self._inbox:
             link = self._require_link()
             if self._closed:
                 raise self._closed_exception()
-            if self._protocol.state is State.OPEN:
-                await link.wait_until(self._receivable)
+            if self._protocol.state is _OPEN:
+                if self._handler is not None and self._push:
+                    # Messages go to the handler as the loop reads them: only
+                    # the end of the connection is left to wait for (a bare
+                    # future: an idle connection waits here all its life).
+                    ended = self._ended
+                    if ended is None or ended.done():  # cancelled with the last wait
+                        ended = self._ended = asyncio.get_running_loop().create_future()
+                    await ended
+                else:
+                    await link.wait_until(self._receivable)
             else:
                 # Closing: messages sent before the server's close frame may
                 # still come in; otherwise wait for the end, bounded.
                 await self._finish_closing()
+        inbox = self._inbox
         message = inbox.popleft()
         if len(inbox) == self._low_water and self._link is not None:
             self._link.resume_reading()
@@ -367,7 +486,7 @@ class WebSocketTransport(Transport, LinkOwner):
 
     async def ping(self, data: bytes | None = None) -> float:
         protocol = self._protocol
-        if protocol.state is not State.OPEN:
+        if protocol.state is not _OPEN:
             raise self._not_open_error()
         if data is None:
             data = os.urandom(4)
@@ -407,8 +526,9 @@ class WebSocketTransport(Transport, LinkOwner):
         # Closing must finish even if our caller is cancelled; close_timeout bounds it.
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self._close_timeout):
-                if self._protocol.state is State.OPEN:
+                if self._protocol.state is _OPEN:
                     self._protocol.send_close(code, reason)
+                    self._wake_reader()
                     self._write_output(link)
                     await link.flush()
                 # The server's close frame may be behind messages nobody will
@@ -434,14 +554,37 @@ class WebSocketTransport(Transport, LinkOwner):
             return
         counters = self._counters
         counters.bytes_received += len(data)
-        if self._link is not None:
-            counters.last_received_at = self._link.clock()  # the heartbeat's evidence of life
+        link = self._link
+        if link is not None:
+            counters.last_received_at = link.clock()  # the heartbeat's evidence of life
         protocol = self._protocol
-        # Frames that came before a violation in these bytes came before our
-        # close too: only those read once closing may be discarded (_deliver).
-        closing = protocol.state is not State.OPEN
-        protocol.receive_data(data)
-        inbox = self._inbox
+        if self._framing and protocol.state is not _OPEN:
+            data = self._stop_framing(data)  # we began to close: its parser, from here on
+        if self._framing:
+            fed = self._read_frames(data)
+        else:
+            # Frames that came before a violation in these bytes came before our
+            # close too: only those read once closing may be discarded (_deliver).
+            closing = protocol.state is not _OPEN
+            protocol.receive_data(data)
+            self._process_events(closing)
+            fed = True
+            self._framing = self._can_frame()  # after the handshake, say
+        if protocol.state is not _OPEN:
+            self._wake_reader()
+        if link is not None:
+            if fed:
+                self._write_output(link)
+            # A waiting ping keeps reading going: the heartbeat measures the
+            # link, and a slow consumer must not look like a dead server.
+            # Once closing, reading goes on to reach the close frame.
+            if len(self._inbox) >= self._high_water and not self._pings and protocol.state is _OPEN:
+                self._counters.read_pauses += 1
+                link.pause_reading()
+
+    def _process_events(self, closing: bool) -> None:
+        """Act on what the protocol parsed: messages, fragments, pongs, the handshake."""
+        protocol = self._protocol
         for event in protocol.events_received():
             if self._close_cause is not None:
                 break  # we failed the connection: RFC 6455 7.1.7, process nothing more
@@ -463,18 +606,134 @@ class WebSocketTransport(Transport, LinkOwner):
                     self._deliver(payload, self._fragment_text, closing)
             elif opcode is _PONG:
                 self._pong_received(bytes(event.data))
-        link = self._link
-        if link is not None:
-            self._write_output(link)
-            # A waiting ping keeps reading going: the heartbeat measures the
-            # link, and a slow consumer must not look like a dead server.
-            # Once closing, reading goes on to reach the close frame.
-            if len(inbox) >= self._high_water and not self._pings and protocol.state is State.OPEN:
-                self._counters.read_pauses += 1
-                link.pause_reading()
+
+    def _read_frames(self, data: bytes) -> bool:
+        """Deliver the whole, final, unmasked text and binary frames in ``data`` ourselves.
+
+        The protocol's parser costs more than the rest of a message's way in.
+        At the first frame of another kind (control, fragment, too big,
+        invalid) the protocol gets every byte from there on, and frames again
+        until its parser is back between frames (``_can_frame``). A partial
+        frame waits here for the rest. True if the protocol got bytes.
+        """
+        pending = self._partial
+        if pending:
+            pending += data
+            if len(pending) < self._partial_need:
+                return False
+            data = bytes(pending)
+            pending.clear()
+        protocol = self._protocol
+        max_size = protocol.max_message_size
+        end = len(data)
+        at = 0
+        while at < end:
+            # RFC 6455 5.2: FIN, RSV1-3, opcode; MASK (never set by a server), length.
+            if end - at < 2:
+                need = 2
+                break
+            head1 = data[at]
+            length = data[at + 1]
+            start = at + 2
+            if length & 0x80:
+                length = -1  # masked: wrong from a server, the protocol says so
+            elif length == 126:
+                if end - at < 4:
+                    need = 4
+                    break
+                length = (data[at + 2] << 8) | data[at + 3]
+                start = at + 4
+            elif length == 127:
+                if end - at < 10:
+                    need = 10
+                    break
+                length = int.from_bytes(data[at + 2 : at + 10], "big")
+                start = at + 10
+            opcode = head1 & 0x0F
+            if (
+                head1 & 0xF0 != 0x80  # a fragment, or a reserved bit set
+                or length < 0
+                or not (opcode == 1 or opcode == 2)
+                or (max_size is not None and length > max_size)
+            ):
+                self._framing = False
+                protocol.receive_data(data[at:] if at else data)
+                self._process_events(False)
+                self._framing = self._can_frame()
+                return True
+            stop = start + length
+            if stop > end:
+                need = stop - at
+                break
+            handler = self._handler
+            if handler is None:
+                self._deliver(data[start:stop], opcode == 1, False)
+            elif opcode == 2:
+                self._counters.messages_received += 1
+                handler(data[start:stop])
+            else:
+                # _deliver's common case, inlined: this runs once per message received.
+                try:
+                    message = str(data[start:stop], "utf-8")
+                except UnicodeDecodeError:
+                    self._deliver(data[start:stop], True, False)  # fails the connection
+                else:
+                    self._counters.messages_received += 1
+                    handler(message)
+            if self._close_cause is not None:
+                self._framing = False  # invalid UTF-8 failed the connection: nothing more
+                return True
+            at = stop
+        else:
+            return False
+        self._partial += data[at:]
+        self._partial_need = need
+        return False
+
+    def _stop_framing(self, data: bytes = b"") -> bytes:
+        """Leave framing to the protocol again; ``data`` with the partial frame kept here first."""
+        self._framing = False
+        partial = self._partial
+        if partial:
+            data = bytes(partial) + data
+            partial.clear()
+        return data
+
+    def _can_frame(self) -> bool:
+        """Whether ``_read_frames`` may take over: the protocol is open, without
+        extensions or a fragmented message, and its parser waits between frames."""
+        protocol = self._protocol
+        if (
+            protocol.state is not _OPEN
+            or (self._fresh_parser and protocol.extensions)  # compressed: its parser's
+            or getattr(protocol, "current_size", 0) is not None
+            or protocol.reader.buffer
+            or self._close_cause is not None
+        ):
+            return False
+        parser = protocol.parser
+        inner = getattr(parser, "gi_yieldfrom", None)
+        while inner is not None:
+            parser, inner = inner, getattr(inner, "gi_yieldfrom", None)
+        code = getattr(parser, "gi_code", None)
+        if getattr(code, "co_name", None) != "at_eof":
+            return False  # mid-frame (or a websockets we do not know): keep its parser
+        if not self._fresh_parser:
+            # The handshake's parser holds its HTTP response for the life of the
+            # connection; between frames, a frame parser can take its place.
+            self._fresh_parser = True
+            parser = _FRAME_PARSER(protocol)
+            next(parser)
+            protocol.parser = parser
+        return not protocol.extensions and hasattr(protocol, "max_message_size")
 
     def eof_received(self) -> None:
+        if self._framing:
+            partial = self._stop_framing()
+            if partial and not self._closed:
+                self._protocol.receive_data(partial)  # EOF within a frame: its parser's to say
         self._protocol.receive_eof()
+        self._wake_reader()
         if self._link is not None:
             self._write_output(self._link)
 
@@ -493,6 +752,7 @@ class WebSocketTransport(Transport, LinkOwner):
                 self._close_cause = exc or parser_exc
         for _, arrived in self._pings.values():
             arrived.set()  # ping() sees _closed and raises
+        self._wake_reader()
         logger.debug("%s: connection closed (code %s)", self._display_url, self.close_code)
 
     # Internals
@@ -510,6 +770,11 @@ class WebSocketTransport(Transport, LinkOwner):
                 return
         else:
             message = bytes(payload)
+        handler = self._handler
+        if handler is not None:
+            self._counters.messages_received += 1
+            handler(message)
+            return
         inbox = self._inbox
         if len(inbox) >= self._high_water and closing:
             # Closing: we read on to reach the close frame, but nobody is
@@ -517,6 +782,8 @@ class WebSocketTransport(Transport, LinkOwner):
             self._counters.messages_discarded += 1
             return
         self._counters.messages_received += 1
+        if inbox is _NO_MESSAGES:
+            inbox = self._inbox = deque()
         inbox.append(message)
 
     def _pong_received(self, data: bytes) -> None:
@@ -556,8 +823,16 @@ class WebSocketTransport(Transport, LinkOwner):
             else:
                 link.write_eof()
 
+    def _wake_reader(self) -> None:
+        """The connection left OPEN: a reader waiting in handler mode must look."""
+        ended = self._ended
+        if ended is not None:
+            self._ended = None
+            if not ended.done():
+                ended.set_result(None)
+
     def _receivable(self) -> bool:
-        return bool(self._inbox) or self._closed or self._protocol.state is not State.OPEN
+        return bool(self._inbox) or self._closed or self._protocol.state is not _OPEN
 
     def _require_link(self) -> Link:
         if self._link is None:
@@ -611,6 +886,7 @@ class WebSocketTransport(Transport, LinkOwner):
         ``secrets``: what a rejection must not quote back (our credentials).
         """
         self._link = link
+        self._push = isinstance(link, AsyncioLink)
         link.queue(request_bytes, control=False)
         await link.flush()
         protocol = self._protocol
@@ -961,6 +1237,10 @@ async def _open_link(
     try:
         if sniffio.current_async_library() == "asyncio":
             loop = asyncio.get_running_loop()
+            # The loop runs our protocol callbacks, which hand messages to the
+            # consumer's handler, in this task's context: there, as in a task,
+            # code that asks which async library runs must find one.
+            sniffio.current_async_library_cvar.set("asyncio")
             if unix_socket is not None:
                 _, asyncio_link = await loop.create_unix_connection(
                     lambda: AsyncioLink(transport),

@@ -8,6 +8,7 @@ Each verb lives in its own module, which declares its sub-parser in
 - ``serve``: run the reference Hub until Ctrl-C.
 - ``bench``: load a server and report what it saw.
 - ``demo``: show the SDK at work against an embedded Hub.
+- ``relay``: share one upstream connection per URL between local processes.
 
 Exit codes: 0 success, 1 the work failed (a refused connection, errors
 counted), 2 bad usage, 130 interrupted by Ctrl-C.
@@ -20,7 +21,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from . import bench, connect, demo, serve
+from . import bench, connect, demo, relay, serve
 from ._exit import EXIT_INTERRUPTED, EXIT_USAGE
 
 __all__ = ["main"]
@@ -34,7 +35,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="A resilient WebSocket client SDK: command line tools.",
     )
     verbs = parser.add_subparsers(dest="verb", metavar="<command>")
-    for verb in (connect, serve, bench, demo):
+    for verb in (connect, serve, bench, demo, relay):
         verb.add_parser(verbs)
     return parser
 

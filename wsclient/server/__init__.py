@@ -13,9 +13,12 @@ async with hub.serve() as server:
     ...  # connect clients to server.url
 ```
 
-or from a shell with ``wsclient serve --port 8765``.
+or from a shell with ``wsclient serve --port 8765``. With
+``Hub(redis_url="redis://127.0.0.1:6379/0")`` (``wsclient serve --redis URL``)
+channels go through Redis, so several Hubs act as one.
 """
 
+from wsclient.server._backplane import BackplaneError, BackplaneStatistics
 from wsclient.server._hub import (
     Handler,
     Hub,
@@ -25,4 +28,13 @@ from wsclient.server._hub import (
     RequestContext,
 )
 
-__all__ = ["Handler", "Hub", "HubError", "HubServer", "HubStatistics", "RequestContext"]
+__all__ = [
+    "BackplaneError",
+    "BackplaneStatistics",
+    "Handler",
+    "Hub",
+    "HubError",
+    "HubServer",
+    "HubStatistics",
+    "RequestContext",
+]

@@ -7,7 +7,9 @@ dialect of ARCHITECTURE.md:
 - requests (``query``, ``command``, ``auth``) answered by handlers registered
   by name, with ``response`` or ``error`` replies correlated by ``requestId``;
 - fire-and-forget ``event`` messages, handled by optional event handlers;
-- channels: ``subscribe``, ``unsubscribe`` and ``publish`` with local fan-out;
+- channels: ``subscribe``, ``unsubscribe`` and ``publish`` with local fan-out,
+  or, with a ``redis_url``, fan-out through Redis pub/sub to every Hub on it
+  (``_backplane.py``); each delivery carries a unique ``"id"``;
 - the application heartbeat ``{"type": "ping"}`` answered with ``{"type": "pong"}``;
 - the ``from`` field of the SharedWorker pattern copied onto every direct reply.
 
@@ -31,10 +33,11 @@ import ipaddress
 import itertools
 import logging
 import math
+import secrets
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import orjson
@@ -49,8 +52,13 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Origin
 
-from wsclient._checks import short_repr, wire_repr
+from wsclient._backoff import Backoff
+from wsclient._checks import check_timeout, short_repr, wire_repr
 from wsclient._loopthread import LoopThread
+from wsclient._redact import redact_url
+
+if TYPE_CHECKING:
+    from wsclient.server._backplane import BackplaneStatistics, RedisBackplane
 
 __all__ = ["Handler", "Hub", "HubError", "HubServer", "HubStatistics", "RequestContext"]
 
@@ -107,6 +115,8 @@ class HubStatistics:
     connections_refused: int = 0
     """Opening handshakes answered with an HTTP error: a disallowed ``Origin``, too
     many connections from one address, a request that is not a WebSocket handshake."""
+    backplane: BackplaneStatistics | None = None
+    """The Redis backplane's counters; ``None`` on a Hub without ``redis_url``."""
 
 
 class RequestContext:
@@ -180,8 +190,18 @@ class RequestContext:
         self._session.enqueue(orjson.dumps(message))
 
     async def publish(self, channel: str, data: Any) -> int:
-        """Fan ``data`` out to the subscribers of ``channel``; return how many there were."""
-        return self._runtime.publish(channel, data)
+        """Fan ``data`` out to the subscribers of ``channel``; return how many there were.
+
+        On a Hub with a ``redis_url`` the message goes through Redis and the
+        count is the number of Hubs subscribed to the channel (Redis' answer
+        to ``PUBLISH``), not of clients.
+
+        Raises:
+            BackplaneError: (with a ``redis_url``) Redis is unavailable. It is a
+                [`HubError`][wsclient.server.HubError]: let it through and the client
+                gets its message as the error reply.
+        """
+        return await self._runtime.publish(channel, data)
 
 
 async def _echo(parameters: Any, ctx: RequestContext) -> Any:
@@ -233,6 +253,55 @@ class Hub:
       keepalive from the server, ``None`` to disable.
     - ``compression`` (``None``): ``"deflate"`` enables permessage-deflate. Off by
       default because fan-out would compress each delivery once per subscriber.
+    - ``redis_url`` (``None``): ``redis://[[user]:password@]host[:port][/db]``,
+      ``rediss://`` (TLS) or ``unix:///path/to/redis.sock``. With it, channels go
+      through Redis pub/sub, so every Hub on the same Redis delivers to its own
+      subscribers what any of them publishes: run several behind a load
+      balancer and they act as one (see the how-to "Run several Hubs behind a
+      load balancer"). Needs redis-py (``pip install 'wsclient[server]'``).
+    - ``redis_prefix`` (``"wsclient:"``): put before each channel name to make
+      the Redis channel, so that other Redis users, or two clusters on one
+      Redis (pub/sub ignores the database number), do not mix.
+    - ``redis_timeout`` (5 s): the bound on connecting to Redis, on each
+      publish, on Redis confirming a subscription, and on a ping answer (the
+      Hub pings Redis at this interval to find a dead connection).
+    - ``redis_backoff`` (0.25 s doubling to 5 s, full jitter, no limit): when to
+      try again after Redis is lost, a [`Backoff`][wsclient.Backoff].
+
+    With ``redis_url``:
+
+    - a ``subscribe`` is confirmed only once Redis has confirmed the channel,
+      and refused (a system error naming the channel) when Redis is unavailable
+      or does not confirm within ``redis_timeout``. The Hub holds one Redis
+      subscription per channel for all its clients, from the first subscriber
+      to the last.
+    - a ``publish`` goes to Redis, and every delivery, including the
+      publisher's own, comes back from it: each subscriber gets it once.
+      A publish that Redis does not take is answered with a system error
+      (``{"type": "error", "message": ...}``, no ``channel``), never dropped
+      silently. [`HubServer.publish()`][wsclient.server.HubServer.publish] and
+      [`RequestContext.publish()`][wsclient.server.RequestContext.publish] return the
+      number of Hubs that received the message, and raise
+      [`BackplaneError`][wsclient.server.BackplaneError] when Redis is unavailable.
+      While Redis is slow, publishes wait for it (4096 messages or 16 MiB at
+      most are on their way), and the Hub reads no further from a client whose
+      publish waits.
+    - a client that disconnects while its ``subscribe`` waits for Redis is
+      forgotten when Redis answers or ``redis_timeout`` passes, whichever
+      comes first.
+    - when the connection to Redis is lost, every client with a subscription
+      gets a system error; the Hub reconnects with backoff, subscribes again to
+      every channel it still needs, then sends those clients
+      ``{"channel": "system", "data": {"type": "backplane", "state": "connected",
+      "message": ...}}``. Redis pub/sub keeps no history: what was published
+      meanwhile, by any Hub, is lost to this Hub's subscribers.
+    - if Redis cannot be reached when the Hub starts, it serves anyway, logs a
+      warning, and keeps trying; subscriptions are refused until it connects.
+
+    Every channel delivery is ``{"channel": C, "data": D, "id": I}``: ``I`` is a
+    string unique to the publish (``<node>-<n>``, where ``<node>`` is
+    [`node_id`][wsclient.server.Hub.node_id]), the same on every Hub that delivers
+    it, so a client with connections to several Hubs can drop duplicates.
 
     Handlers have the shape ``async def handler(parameters, ctx) -> payload``
     where ``ctx`` is a [`RequestContext`][wsclient.server.RequestContext]; the returned payload must
@@ -260,6 +329,10 @@ class Hub:
         compression: Literal["deflate"] | None = None,
         max_connections_per_ip: int | None = 256,
         allowed_origins: Sequence[str] | Literal["*"] | None = None,
+        redis_url: str | None = None,
+        redis_prefix: str = "wsclient:",
+        redis_timeout: float = 5.0,
+        redis_backoff: Backoff | None = None,
     ) -> None:
         for name, value in [
             ("max_message_size", max_message_size),
@@ -282,6 +355,19 @@ class Hub:
             allowed_origins = [_browser_origin(origin) for origin in allowed_origins]
         if close_timeout <= 0:
             raise ValueError(f"close_timeout must be positive, got {close_timeout!r}")
+        if redis_url is not None:
+            from wsclient.server._backplane import check_redis_url
+
+            check_redis_url(redis_url)
+        if not isinstance(redis_prefix, str):
+            raise TypeError(f"redis_prefix must be a str, not {type(redis_prefix).__name__}")
+        if redis_timeout == math.inf:
+            raise ValueError("redis_timeout must be a finite number of seconds, got inf")
+        redis_timeout = check_timeout(redis_timeout, "redis_timeout")
+        if redis_backoff is not None and not isinstance(redis_backoff, Backoff):
+            raise TypeError(
+                f"redis_backoff must be a wsclient.Backoff, not {type(redis_backoff).__name__}"
+            )
         self.max_message_size = max_message_size
         self.max_subscriptions = max_subscriptions
         self.max_queued_messages = max_queued_messages
@@ -293,16 +379,32 @@ class Hub:
         self.compression = compression
         self.max_connections_per_ip = max_connections_per_ip
         self.allowed_origins = allowed_origins
+        self.redis_url = redis_url
+        self.redis_prefix = redis_prefix
+        self.redis_timeout = redis_timeout
+        self.redis_backoff = redis_backoff
+        # Random per Hub: delivery ids must not collide between processes.
+        self._node_id = secrets.token_hex(4)
+        self._delivery_seq = itertools.count(1)
         self._queries: dict[str, Handler] = {"echo": _echo, "time": _time}
         self._commands: dict[str, Handler] = {}
         self._events: dict[str, Handler] = {}
         self._auth: Handler = _accept_any
 
     def __repr__(self) -> str:
+        redis = f" redis={redact_url(self.redis_url)!r}" if self.redis_url is not None else ""
         return (
             f"<Hub queries={sorted(self._queries)} commands={sorted(self._commands)} "
-            f"events={sorted(self._events)}>"
+            f"events={sorted(self._events)}{redis}>"
         )
+
+    @property
+    def node_id(self) -> str:
+        """This Hub's random id (8 hex digits), the first part of its delivery ids."""
+        return self._node_id
+
+    def _delivery_id(self) -> str:
+        return f"{self._node_id}-{next(self._delivery_seq)}"
 
     def on_query(self, resource: str) -> Callable[[H], H]:
         """Register the decorated coroutine function as the handler of query ``resource``."""
@@ -382,24 +484,52 @@ class Hub:
         runtime = _Runtime(self)
         if not in_thread:
             await runtime.start(host, port, backlog)
+            stack = contextlib.AsyncExitStack()
             try:
+                await _start_backplane(runtime, None, stack)
                 yield HubServer(runtime, None)
             finally:
-                with anyio.CancelScope(shield=True):
-                    await runtime.aclose()
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await runtime.aclose()
+                finally:
+                    await stack.aclose()  # outside the shield: the group's scope is the current one
             return
 
         loop_thread = LoopThread(name="wsclient-hub")
         loop_thread.start()
         try:
             await _run_in_thread(loop_thread, runtime.start(host, port, backlog))
+            stack = contextlib.AsyncExitStack()
             try:
+                await _start_backplane(runtime, loop_thread, stack)
                 yield HubServer(runtime, loop_thread)
             finally:
-                with anyio.CancelScope(shield=True):
-                    await _run_in_thread(loop_thread, runtime.aclose())
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await _run_in_thread(loop_thread, runtime.aclose())
+                finally:
+                    await stack.aclose()
         finally:
             loop_thread.stop()
+
+
+async def _start_backplane(
+    runtime: _Runtime, loop_thread: LoopThread | None, stack: contextlib.AsyncExitStack
+) -> None:
+    """Run the runtime's Redis backplane, if any, in a task group that ``stack`` leaves.
+
+    Returns once its first connection attempt is over. The group is left after
+    ``runtime.aclose()`` has stopped the backplane, without the body's
+    exception: that one propagates as itself, not in an ExceptionGroup.
+    """
+    backplane = runtime.backplane
+    if backplane is None:
+        return
+    tg = await stack.enter_async_context(anyio.create_task_group())
+    # On trio the backplane runs on the loop thread, and a task here waits for it.
+    tg.start_soon(_call, loop_thread, backplane.run)
+    await _call(loop_thread, backplane.wait_started)
 
 
 class HubServer:
@@ -442,7 +572,9 @@ class HubServer:
             f"connections_total={stats.connections_total} "
             f"subscriptions={stats.subscriptions} "
             f"messages_received={stats.messages_received} "
-            f"messages_sent={stats.messages_sent} errors={stats.errors}>"
+            f"messages_sent={stats.messages_sent} errors={stats.errors}"
+            + (f" {self._runtime.backplane!r}" if self._runtime.backplane is not None else "")
+            + ">"
         )
 
     async def close_connections(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
@@ -463,13 +595,15 @@ class HubServer:
     async def publish(self, channel: str, data: Any) -> int:
         """Fan ``data`` out to the subscribers of ``channel`` from the server side.
 
-        Returns the number of subscribers it was queued for.
+        Returns the number of subscribers it was queued for; on a Hub with a
+        ``redis_url``, the number of Hubs subscribed to the channel (Redis'
+        answer to ``PUBLISH``), once Redis has taken the message.
+
+        Raises:
+            BackplaneError: (with a ``redis_url``) Redis is unavailable or did
+                not take the message within ``redis_timeout``.
         """
-
-        async def publish() -> int:
-            return self._runtime.publish(channel, data)
-
-        return await self._call(publish())
+        return await self._call(self._runtime.publish(channel, data))
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._loop_thread is None:
@@ -480,6 +614,17 @@ class HubServer:
 async def _run_in_thread(loop_thread: LoopThread, coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on ``loop_thread``'s asyncio loop from any backend."""
     return await loop_thread.run(coro)
+
+
+async def _call(loop_thread: LoopThread | None, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Await ``func()`` here, or on ``loop_thread``'s loop when there is one.
+
+    The coroutine is made only when it runs, so none is left un-awaited if
+    this task is cancelled before it starts.
+    """
+    if loop_thread is None:
+        return await func()
+    return await loop_thread.run(func())
 
 
 def _stop_tasks(session: _Session) -> None:
@@ -557,6 +702,8 @@ class _Runtime:
         self.connections_refused = 0
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._peer_ips: dict[ServerConnection, str] = {}
+        #: Made by start(), on the server's loop, when the Hub has a redis_url.
+        self.backplane: RedisBackplane | None = None
 
     def statistics(self) -> HubStatistics:
         return HubStatistics(
@@ -572,12 +719,25 @@ class _Runtime:
             deliveries=self.deliveries,
             slow_consumer_disconnects=self.slow_consumer_disconnects,
             connections_refused=self.connections_refused,
+            backplane=self.backplane.statistics() if self.backplane is not None else None,
         )
 
     # Lifecycle
 
     async def start(self, host: str, port: int, backlog: int) -> None:
         hub = self.hub
+        if hub.redis_url is not None:
+            from wsclient.server._backplane import DEFAULT_BACKOFF, RedisBackplane
+
+            self.backplane = RedisBackplane(
+                hub.redis_url,
+                prefix=hub.redis_prefix,
+                timeout=hub.redis_timeout,
+                backoff=hub.redis_backoff or DEFAULT_BACKOFF,
+                client_name=f"wsclient-hub-{hub.node_id}",
+                deliver=self._deliver,
+                notify=self._notify_subscribers,
+            )
         origins: list[Origin | None] | None
         if hub.allowed_origins == "*":
             origins = None  # websockets: no check at all
@@ -604,17 +764,19 @@ class _Runtime:
         logger.debug("hub listening on %s:%d", self.host, self.port)
 
     async def aclose(self) -> None:
-        if self._server is None:
-            return
-        server, self._server = self._server, None
-        # Stop accepting first, then close the clients ourselves: websockets'
-        # own close waits without limit on a client that stopped reading.
-        # A handshake completing meanwhile sees _closing and closes itself.
-        self._closing = True
-        server.close(close_connections=False)
-        await self.close_connections(CloseCode.GOING_AWAY, "")
-        await server.wait_closed()
-        logger.debug("hub on %s:%d closed", self.host, self.port)
+        if self._server is not None:
+            server, self._server = self._server, None
+            # Stop accepting first, then close the clients ourselves: websockets'
+            # own close waits without limit on a client that stopped reading.
+            # A handshake completing meanwhile sees _closing and closes itself.
+            self._closing = True
+            server.close(close_connections=False)
+            await self.close_connections(CloseCode.GOING_AWAY, "")
+            await server.wait_closed()
+            logger.debug("hub on %s:%d closed", self.host, self.port)
+        # Last: the clients are gone, so no one is told that Redis is.
+        if self.backplane is not None:
+            await self.backplane.aclose()
 
     async def close_connections(self, code: int, reason: str) -> None:
         sessions = list(self._sessions)
@@ -749,7 +911,7 @@ class _Runtime:
         extra = {"from": message["from"]} if "from" in message else {}
 
         if "action" in message:
-            self._handle_action(session, message, extra)
+            await self._handle_action(session, message, extra)
             return
         kind = message.get("type")
         if kind == "ping":
@@ -763,7 +925,9 @@ class _Runtime:
         else:
             self._system_error(session, f"unknown type: {_short(kind)}", extra)
 
-    def _handle_action(self, session: _Session, message: dict[str, Any], extra: Extra) -> None:
+    async def _handle_action(
+        self, session: _Session, message: dict[str, Any], extra: Extra
+    ) -> None:
         action = message["action"]
         channel = message.get("channel")
         if action not in ("subscribe", "unsubscribe", "publish"):
@@ -776,20 +940,28 @@ class _Runtime:
             self._system_error(session, "the 'system' channel is reserved", extra)
             return
         if action == "subscribe":
-            if channel not in session.channels:
-                if len(session.channels) >= self.hub.max_subscriptions:
-                    self._system_error(
-                        session,
-                        f"subscription limit reached ({self.hub.max_subscriptions})",
-                        extra,
-                        channel=channel,
-                    )
-                    return
-                session.channels.add(channel)
-                self._channels.setdefault(channel, set()).add(session)
-                self.subscriptions += 1
-            confirm = {"type": "subscription_confirm", "channel": channel}
-            self._send(session, {"channel": SYSTEM_CHANNEL, "data": confirm, **extra})
+            if channel in session.channels:
+                self._confirm(session, channel, extra)
+                return
+            if len(session.channels) >= self.hub.max_subscriptions:
+                self._system_error(
+                    session,
+                    f"subscription limit reached ({self.hub.max_subscriptions})",
+                    extra,
+                    channel=channel,
+                )
+                return
+            if self.backplane is None:
+                self._add_subscription(session, channel, extra)
+                return
+            # Inline: this client's next messages (a publish on the channel)
+            # are handled once Redis holds the subscription.
+            try:
+                await self.backplane.subscribe(
+                    channel, lambda: self._add_subscription(session, channel, extra)
+                )
+            except HubError as exc:  # BackplaneError: refused, naming the channel
+                self._system_error(session, str(exc), extra, channel=channel)
         elif action == "unsubscribe":
             self._unsubscribe(session, channel)
         else:
@@ -797,7 +969,26 @@ class _Runtime:
                 self._system_error(session, "publish needs 'data'", extra)
                 return
             self.publishes += 1
-            self.publish(channel, message["data"])
+            if self.backplane is None:
+                self.publish_local(channel, message["data"])
+                return
+
+            def failed(reason: str) -> None:
+                self._system_error(session, f"cannot publish to {_short(channel)}: {reason}", extra)
+
+            frame = self._frame(channel, message["data"])
+            await self.backplane.submit(channel, frame, failed)
+
+    def _add_subscription(self, session: _Session, channel: str, extra: Extra) -> None:
+        """Subscribe ``session`` to ``channel`` and confirm it, in one step before any delivery."""
+        session.channels.add(channel)
+        self._channels.setdefault(channel, set()).add(session)
+        self.subscriptions += 1
+        self._confirm(session, channel, extra)
+
+    def _confirm(self, session: _Session, channel: str, extra: Extra) -> None:
+        confirm = {"type": "subscription_confirm", "channel": channel}
+        self._send(session, {"channel": SYSTEM_CHANNEL, "data": confirm, **extra})
 
     def _unsubscribe(self, session: _Session, channel: str) -> None:
         if channel not in session.channels:
@@ -809,21 +1000,50 @@ class _Runtime:
             subscribers.discard(session)
             if not subscribers:
                 del self._channels[channel]
+        if self.backplane is not None:
+            self.backplane.release(channel)
 
-    def publish(self, channel: str, data: Any) -> int:
-        """Queue ``{"channel": C, "data": D}`` for every local subscriber of ``channel``."""
+    def _frame(self, channel: str, data: Any) -> bytes:
+        """A delivery as every subscriber gets it, stamped with a new delivery id."""
+        return orjson.dumps({"channel": channel, "data": data, "id": self.hub._delivery_id()})
+
+    async def publish(self, channel: str, data: Any) -> int:
+        """Publish from the server side: locally, or through Redis with a backplane."""
+        if self.backplane is None:
+            return self.publish_local(channel, data)
+        if not isinstance(channel, str):
+            raise TypeError(f"channel must be a str, not {type(channel).__name__}")
+        return await self.backplane.publish(channel, self._frame(channel, data))
+
+    def publish_local(self, channel: str, data: Any) -> int:
+        """Queue ``{"channel": C, "data": D, "id": I}`` for each local subscriber of ``channel``."""
         subscribers = self._channels.get(channel)
         if not subscribers:
             return 0
-        # Encode once; each subscriber's buffer takes the same bytes and a full
+        return self._deliver(channel, self._frame(channel, data))
+
+    def _deliver(self, channel: str, frame: bytes) -> int:
+        """Queue an encoded delivery for every local subscriber of ``channel``."""
+        subscribers = self._channels.get(channel)
+        if not subscribers:
+            return 0
+        # Encoded once; each subscriber's buffer takes the same bytes and a full
         # buffer marks that subscriber alone as a slow consumer.
-        encoded = orjson.dumps({"channel": channel, "data": data})
         delivered = 0
         for session in list(subscribers):
-            if session.enqueue(encoded):
+            if session.enqueue(frame):
                 delivered += 1
         self.deliveries += delivered
         return delivered
+
+    def _notify_subscribers(self, data: dict[str, Any], error: bool) -> None:
+        """Send a system notice to every client with a subscription (the backplane's state)."""
+        encoded = orjson.dumps({"channel": SYSTEM_CHANNEL, "data": data})
+        for session in list(self._sessions):
+            if session.channels:
+                if error:
+                    self.errors += 1
+                session.enqueue(encoded)
 
     async def _handle_request(
         self,
