@@ -7,6 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
+import wsclient
 from wsclient import BufferPolicy, ConnectionLost, QueueFull, RemoteError
 from wsclient._buffer import InboundBuffer
 from wsclient._correlator import Correlator, _as_id
@@ -173,3 +174,11 @@ def test_correlator_fails_by_session_and_refuses_after_close() -> None:
     assert isinstance(theirs.error, ConnectionLost)
     with pytest.raises(ConnectionLost):
         correlator.open()
+
+
+@pytest.mark.parametrize("option", ["subscriber_buffer", "message_buffer"])
+@pytest.mark.parametrize("value", [None, 5, {"max_messages": 10}])
+def test_client_refuses_a_buffer_option_that_is_not_a_policy(option: str, value: Any) -> None:
+    """A buffer option that is not a BufferPolicy: TypeError naming it, as the client is made."""
+    with pytest.raises(TypeError, match=option):
+        wsclient.Client("ws://127.0.0.1:1/", **{option: value})

@@ -167,6 +167,14 @@ class Client(Endpoint):
         self._request_timeout = check_timeout(request_timeout, "request_timeout")
         if in_flight not in IN_FLIGHT_POLICIES:
             raise ValueError(f"in_flight must be one of {IN_FLIGHT_POLICIES}, got {in_flight!r}")
+        for option, policy in (
+            ("subscriber_buffer", subscriber_buffer),
+            ("message_buffer", message_buffer),
+        ):
+            if not isinstance(policy, BufferPolicy):
+                raise TypeError(
+                    f"{option} must be a wsclient.BufferPolicy, not {type(policy).__name__}"
+                )
         self.dialect: Dialect = dialect if dialect is not None else DefaultDialect()
         self.codec: Codec = codec if codec is not None else JsonCodec()
         if not isinstance(self.dialect, Dialect):

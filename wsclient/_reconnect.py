@@ -7,9 +7,14 @@ and resubscribe there), then writes what was queued meanwhile, in order.
 
 Per connection it runs one task, the reader: it takes each inbound message
 to the consumer and is also the heartbeat (a cancel-scope deadline, see
-``wsclient._heartbeat``). A short-lived task runs the hooks and the flush
-of the outbound queue after each (re)connect. Every task is a child of the
-transport's task group; closing it cancels them all.
+``wsclient._heartbeat``). With a ``message_handler``, messages reach it as
+the transport reads them, with no task woken per message (on asyncio the
+reader then only waits for the end and the heartbeat). Short-lived tasks run
+the hooks and the flush of the outbound queue after each (re)connect, and on
+a stream link (trio) the writes of senders that do not wait
+(``_write_behind``). Every task is a child of the transport's task group,
+each under a cancel scope of its own that the end of its connection cancels;
+closing the transport cancels them all.
 """
 
 from __future__ import annotations
@@ -481,7 +486,7 @@ class ReconnectingTransport:
         watch, live = self._watch, self._live
         if watch is None or live is None or not watch.probing:
             return False
-        return watch.unanswered(live.statistics().last_received_at)
+        return watch.unanswered(self._heard(live))  # transports that don't time input too
 
     def on_connect(self, hook: OnConnect) -> OnConnect:
         """Run ``await hook(transport)`` after every (re)connect, before the queue flushes.
