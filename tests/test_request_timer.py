@@ -198,3 +198,18 @@ async def test_a_request_in_flight_on_the_write_behind_path_fails_when_the_link_
             end.break_link()
         assert len(outcome) == 1
         await client.wait_state(wsclient.ConnectionState.OPEN)  # and it reconnected
+
+
+async def test_cancelling_the_block_around_a_client_still_closes_it() -> None:
+    """An outer deadline around ``async with client`` closes it: none of its tasks lingers."""
+    server = Server()
+    client = wsclient.Client(server, backoff=NO_JITTER, heartbeat=None)
+    start = anyio.current_time()
+    with anyio.move_on_after(5.0) as scope:
+        async with client:
+            assert await client.send({"before": "the deadline"})
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert anyio.current_time() - start == pytest.approx(5.0)
+    assert client.state is wsclient.ConnectionState.CLOSED
+    assert client.transport.statistics().live_transports == 0

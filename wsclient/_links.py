@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from typing import cast
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import sniffio
 
 __all__ = ["AsyncioLink", "Link", "LinkOwner", "StreamLink"]
 
@@ -118,6 +120,19 @@ class Link(ABC):
     @abstractmethod
     async def abort(self) -> None:
         """Close the socket now, dropping unsent data, and wait until it is closed."""
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Write a data frame now, if nothing is queued or being written and the
+        socket takes it without waiting; a part it does not take is queued to go
+        first. False, with nothing written or queued, if it cannot."""
+        return False
+
+
+def _on_trio() -> bool:
+    try:
+        return sniffio.current_async_library() == "trio"
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
 
 
 def _write_now(transport: asyncio.Transport, chunks: list[bytes]) -> None:
@@ -327,6 +342,12 @@ class StreamLink(Link):
     def __init__(self, owner: LinkOwner, stream: anyio.abc.ByteStream) -> None:
         self._owner = owner
         self._stream = stream
+        # A plain TCP or Unix socket (not TLS) takes writes at once: write_nowait().
+        # Only on trio, whose stream writes straight to the socket; anyio's asyncio
+        # stream has a buffer of its own that a direct write would overtake.
+        self._socket: socket.socket | None = None
+        if isinstance(stream, anyio.abc.SocketStream) and _on_trio():
+            self._socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         # Flags, not locks: they are tested and set with no await between, so
         # one task at a time reads (or writes), and taking them costs nothing
         # when, as usual, no other task wants them.
@@ -341,6 +362,9 @@ class StreamLink(Link):
         self._waiting = 0  # tasks waiting on _changed
         self._reading_paused = False
         self._eof_requested = False
+        # A frame went out by write_nowait() since a read or a wait: more of the
+        # same burst are left to a writer, which sends them together.
+        self._burst = False
 
     def clock(self) -> float:
         return anyio.current_time()
@@ -352,6 +376,7 @@ class StreamLink(Link):
             changed.set()
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
+        self._burst = False
         while not condition():
             if self.lost:
                 return
@@ -380,6 +405,7 @@ class StreamLink(Link):
         except _STREAM_ERRORS as exc:
             await self._lose(exc)
         else:
+            self._burst = False  # a reply came in: what is sent next starts a new burst
             self._owner.bytes_received(data)
             # Pongs and close echoes go out now, unless a writer is busy: it
             # sends them with its next batch, and waiting for it here could
@@ -422,6 +448,33 @@ class StreamLink(Link):
     def write_eof(self) -> None:
         self._eof_requested = True
 
+    def write_nowait(self, data: bytes) -> bool:
+        # Like asyncio's transport.write(): a send() per frame costs trio's
+        # checkpoints and a scheduler pass, and a frame left for a writer task
+        # could go out after a frame sent later on another connection.
+        sock = self._socket
+        if (
+            sock is None
+            or self._burst
+            or self.lost
+            or self._writing
+            or self._data
+            or self._control
+            or self._eof_requested
+        ):
+            return False
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return False  # the socket is full: the frame waits in the queue
+        except OSError:
+            return False  # the writer's send() finds the error and loses the link
+        self._burst = True
+        if sent < len(data):
+            # The rest of a frame partly on the wire goes before anything else.
+            self._control = deque([data[sent:]])
+        return True
+
     async def flush(self, *, control_only: bool = False) -> None:
         if control_only and (self._writing or not self._control):
             # The busy writer sends control frames first in its next batch.
@@ -450,6 +503,7 @@ class StreamLink(Link):
             # the waiters must see it did not count, and one writes them.
             if not control_only and (finished or self.lost):
                 self._full_writes += 1
+                self._burst = False
             if self._written is not None:
                 self._written.set()
                 self._written = None

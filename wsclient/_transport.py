@@ -6,6 +6,16 @@ Sans-I/O ``ClientProtocol`` over a byte link (see
 ``wsclient._links``): an ``asyncio.Protocol`` on asyncio, an anyio
 byte stream elsewhere. The transport owns every protocol decision; the link
 only moves bytes.
+
+The per-message paths skip what they can of the protocol's machinery, where
+that changes nothing: a final data frame is serialised here, and final,
+unmasked text and binary frames from the server are framed here too
+(``_read_frames``); anything else (control frames, fragments, errors,
+compression) goes through websockets. A consumer that only hands messages on
+can take them as they are read (``_set_message_handler``) instead of waking
+a task per message, and a sender that must not wait can queue a frame
+(``_send_nowait``): the asyncio loop writes it, or on a stream link a task
+of the caller's does (``_drain``), a burst in a few writes.
 """
 
 from __future__ import annotations
@@ -380,28 +390,28 @@ class WebSocketTransport(Transport, LinkOwner):
                 self._unflushed = 0  # what _send_nowait queued went out too
 
     def _send_nowait(self, data: str | bytes, text: bool | None) -> int:
-        """Queue one message without waiting: on an asyncio link its write is the
-        loop's job (``SENT``); on a stream link some task must ``_drain()``
-        (``QUEUED``). 0, with nothing sent, where ``send()`` would wait."""
+        """Send one message without waiting: on an asyncio link the loop writes it
+        (``SENT``); on a stream link it is written at once if the socket takes it
+        (``SENT``), else queued for some task to ``_drain()`` (``QUEUED``). 0,
+        with nothing sent, where ``send()`` would wait."""
         link = self._link
         protocol = self._protocol
         if protocol.state is not _OPEN or link is None:
             return 0
-        if not self._push:
-            # A stream link (trio): the frames of a burst go out in a few
-            # writes, by a task of the caller's, not a write per message.
-            if self._unflushed >= WRITE_BEHIND_LIMIT:
-                return 0  # the writer is behind: send() waits for it
-            self._queue_message(link, data, text)
-            self._unflushed += 1
-            return QUEUED
-        if link.backlogged:
-            return 0  # a slow peer: send() waits for it
+        push = self._push
+        if push:
+            if link.backlogged:
+                return 0  # a slow peer: send() waits for it
+        elif self._unflushed >= WRITE_BEHIND_LIMIT:
+            return 0  # the writer is behind: send() waits for it
         if type(data) is not bytes or (
             protocol.extensions or protocol.expect_continuation_frame or protocol.writes
         ):
             self._queue_message(link, data, text)
-            return SENT
+            if push:
+                return SENT
+            self._unflushed += 1
+            return QUEUED
         # _queue_message's common case, inlined: this runs once per message sent.
         at = self._mask_at
         if at == _MASK_POOL:
@@ -421,8 +431,16 @@ class WebSocketTransport(Transport, LinkOwner):
         counters = self._counters
         counters.bytes_sent += len(frame)
         counters.messages_sent += 1
+        if push:
+            link.queue([frame], control=False)
+            return SENT
+        if link.write_nowait(frame):
+            return QUEUED if link.backlogged else SENT  # QUEUED: the socket took a part
+        # A stream link already writing, or a full socket: a task of the
+        # caller's writes the frames of the burst, in a few writes.
         link.queue([frame], control=False)
-        return SENT
+        self._unflushed += 1
+        return QUEUED
 
     async def _drain(self) -> None:
         link = self._link
