@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -516,7 +516,52 @@ class ChannelRegistry:
         return f"<ChannelRegistry {self._name} channels={sorted(self._channels)}>"
 
 
-class Subscription:
+_D = TypeVar("_D", bound="Deliveries")
+
+
+class Deliveries:
+    """Reading a subscription's buffered deliveries: what a client's and a pool's share."""
+
+    channel: str
+    _buffer: InboundBuffer[Any] | None
+    _opened: bool
+    _error: BaseException | None
+
+    @property
+    def state(self) -> SubscriptionState:
+        raise NotImplementedError
+
+    async def receive(self) -> Any:
+        """The next delivery's data; raises once the subscription ended and its buffer is read."""
+        try:
+            return await self._readable().get()
+        except anyio.EndOfStream:
+            pass
+        raise self._closed_error()  # outside the except: the error may be shared
+
+    def __aiter__(self: _D) -> _D:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._readable().get()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def _readable(self) -> InboundBuffer[Any]:
+        if self._buffer is None:
+            raise InvalidState(f"deliveries on {self.channel!r} go to the callback")
+        if not self._opened:
+            raise InvalidState(f"open the subscription to {self.channel!r} first (async with)")
+        return self._buffer
+
+    def _closed_error(self) -> BaseException:
+        if self._error is not None:
+            return self._error.with_traceback(None)
+        return InvalidState(f"the subscription to {self.channel!r} is {self.state.value}")
+
+
+class Subscription(Deliveries):
     """One local subscriber to a channel: ``async with client.subscribe("prices") as sub``.
 
     Read deliveries with ``async for data in sub`` or [`receive()`][wsclient.Subscription.receive],
@@ -625,30 +670,6 @@ class Subscription:
             f"no confirmation of the subscription to {self.channel!r} in {limit:g}s"
         )
 
-    async def receive(self) -> Any:
-        """The next delivery's data; raises once the subscription ended and its buffer is read."""
-        try:
-            return await self._readable().get()
-        except anyio.EndOfStream:
-            pass
-        raise self._closed_error()  # outside the except: the error may be shared
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self._readable().get()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    def _readable(self) -> InboundBuffer[Any]:
-        if self._buffer is None:
-            raise InvalidState(f"deliveries on {self.channel!r} go to the callback")
-        if not self._opened:
-            raise InvalidState(f"open the subscription to {self.channel!r} first (async with)")
-        return self._buffer
-
     def statistics(self) -> SubscriptionStatistics:
         buffer = self._buffer
         if buffer is None:
@@ -684,8 +705,3 @@ class Subscription:
         self._error = error
         if self._buffer is not None:
             self._buffer.close(error)
-
-    def _closed_error(self) -> BaseException:
-        if self._error is not None:
-            return self._error.with_traceback(None)
-        return InvalidState(f"the subscription to {self.channel!r} is {self.state.value}")

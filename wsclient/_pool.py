@@ -38,7 +38,13 @@ import anyio
 import anyio.abc
 
 from ._buffer import BufferPolicy, InboundBuffer
-from ._channels import DeliveryCallback, Subscription, SubscriptionState, SubscriptionStatistics
+from ._channels import (
+    Deliveries,
+    DeliveryCallback,
+    Subscription,
+    SubscriptionState,
+    SubscriptionStatistics,
+)
 from ._checks import check_timeout, is_count, is_finite_number
 from ._client import Client, ClientStatistics
 from ._correlator import InFlight, RequestStatistics
@@ -639,7 +645,7 @@ class _Pinned(Subscription):
 _UNUSED = BufferPolicy()  # a callback subscriber has no buffer
 
 
-class PoolSubscription:
+class PoolSubscription(Deliveries):
     """A subscription through a [`Pool`][wsclient.Pool], pinned to one member at a time.
 
     Used like a [`Subscription`][wsclient.Subscription]: ``async with``,
@@ -832,36 +838,7 @@ class PoolSubscription:
             await pin.confirmed(math.inf)
         scope.cancel()
 
-    # Reading
-
-    async def receive(self) -> Any:
-        """The next delivery's data; raises once it ended and its buffer is read."""
-        try:
-            return await self._readable().get()
-        except anyio.EndOfStream:
-            pass
-        raise self._closed_error()  # outside the except: the error may be shared
-
-    def __aiter__(self) -> PoolSubscription:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self._readable().get()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    def _readable(self) -> InboundBuffer[Any]:
-        if self._buffer is None:
-            raise InvalidState(f"deliveries on {self.channel!r} go to the callback")
-        if not self._opened:
-            raise InvalidState(f"open the subscription to {self.channel!r} first (async with)")
-        return self._buffer
-
-    def _closed_error(self) -> BaseException:
-        if self._error is not None:
-            return self._error.with_traceback(None)
-        return InvalidState(f"the subscription to {self.channel!r} is {self.state.value}")
+    # Reading: receive(), async for (from Deliveries)
 
     # Deliveries, in the reader task of a member
 
