@@ -162,6 +162,7 @@ class Correlator:
         self._timer: anyio.CancelScope | None = None  # the timer task's sleep
         self._timing = False  # a timer task runs (or was started)
         self._clock: Callable[[], float] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # asyncio's, while timing
         self._sent = 0
         self._replies = 0
         self._remote_errors = 0
@@ -227,6 +228,8 @@ class Correlator:
         clock = self._clock
         if clock is None:
             clock = self._clock = _loop_clock()
+            if sniffio.current_async_library() == "asyncio":
+                self._loop = asyncio.get_running_loop()  # for reply()'s futures
         deadline = clock() + seconds
         deadlines = self._deadlines
         heapq.heappush(deadlines, (deadline, waiter.id, waiter, seconds))
@@ -271,11 +274,22 @@ class Correlator:
             self._timer = None
             self._timing = False
             self._clock = None
+            self._loop = None
 
     async def reply(self, waiter: Waiter) -> Any:
         """Wait for ``waiter``'s outcome, bounded only by its deadline (``arm``)."""
         while not waiter.done:
-            await _park(waiter)
+            loop = self._loop
+            if loop is None:
+                await _park(waiter)
+                continue
+            # _park() on asyncio, with the loop already known: the per-request path.
+            future = waiter._event = loop.create_future()
+            try:
+                await future
+            finally:
+                if waiter._event is future:
+                    waiter._event = None
         if waiter.error is not None:
             raise waiter.error.with_traceback(None)
         return waiter.result
@@ -461,6 +475,8 @@ def _as_id(value: Any) -> Any:
     Anything else (bools, lists, huge digit strings) matches nothing, and
     never raises: the value comes from the wire.
     """
+    if type(value) is int:
+        return value  # the usual case
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
